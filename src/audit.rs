@@ -1,0 +1,29 @@
+//! Audit events: one per login attempt and logout, on their own tracing target
+//! (`audit`) so operators can route them apart from diagnostics. Only names, codes
+//! and addresses go here — never a password, token or key.
+
+use std::net::SocketAddr;
+
+pub const TARGET: &str = "audit";
+
+pub fn login(peer: SocketAddr, mechanism: &str, user: Option<&str>, result: &str, reason: &str) {
+    tracing::info!(
+        target: TARGET,
+        event = "login",
+        peer = %peer,
+        mechanism,
+        user = user.unwrap_or(""),
+        result,
+        reason,
+    );
+}
+
+pub fn logout(peer: SocketAddr, user: Option<&str>, result: &str) {
+    tracing::info!(
+        target: TARGET,
+        event = "logout",
+        peer = %peer,
+        user = user.unwrap_or(""),
+        result,
+    );
+}

@@ -1,0 +1,209 @@
+//! Authenticators: each proves one kind of credential and knows nothing of HTTP.
+//!
+//! The shape follows Kanidm's resolver: a step either authenticates, or asks for
+//! more (`Outcome::Challenge`, the PAM conversation), and errors are named by what
+//! the caller must do — refuse (401), deny the account (403), or report a broken
+//! dependency (503) — so a down KDC can never look like a wrong password.
+
+pub mod certificate;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use rustls_pki_types::CertificateDer;
+use zeroize::Zeroizing;
+
+use crate::config::Mechanism;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A password, token or answer: zeroed on drop, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(Zeroizing::new(s))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<Zeroizing<String>> for Secret {
+    fn from(s: Zeroizing<String>) -> Self {
+        Secret(s)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// What the client presented, extracted from headers, body or the TLS session.
+#[derive(Debug)]
+pub enum Credentials {
+    Password {
+        username: String,
+        password: Secret,
+    },
+    Negotiate(Vec<u8>),
+    Bearer(Secret),
+    /// The leaf certificate rustls already verified against `ssl.client_ca_file`.
+    Certificate(CertificateDer<'static>),
+}
+
+impl Credentials {
+    pub fn mechanism(&self) -> Mechanism {
+        match self {
+            Credentials::Password { .. } => Mechanism::Password,
+            Credentials::Negotiate(_) => Mechanism::Kerberos,
+            Credentials::Bearer(_) => Mechanism::Oidc,
+            Credentials::Certificate(_) => Mechanism::Certificate,
+        }
+    }
+}
+
+/// Facts about the request an authenticator may need (PAM_RHOST, throttling).
+#[derive(Debug, Clone)]
+pub struct LoginContext {
+    pub peer: SocketAddr,
+}
+
+/// Who the client proved to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub mechanism: Mechanism,
+    /// Groups the mechanism itself vouches for (OIDC claims); `None` means ask NSS.
+    pub groups: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptStyle {
+    EchoOff,
+    EchoOn,
+    Info,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Prompt {
+    pub style: PromptStyle,
+    pub text: String,
+}
+
+/// The mechanism needs another round trip (a PAM prompt beyond the password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub conversation: String,
+    pub prompts: Vec<Prompt>,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Authenticated(Identity),
+    Challenge(Challenge),
+}
+
+/// Why a login did not succeed. `reason` is a stable code for the audit log and
+/// metrics; `message` is what the client is told and never names which part of a
+/// credential was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The request itself is malformed (400).
+    #[error("{message}")]
+    Malformed {
+        reason: &'static str,
+        message: String,
+    },
+    /// Credentials missing or wrong (401).
+    #[error("{message}")]
+    Rejected {
+        reason: &'static str,
+        message: String,
+    },
+    /// Credentials right, account not usable: expired, locked, unknown locally (403).
+    #[error("{message}")]
+    AccountUnavailable {
+        reason: &'static str,
+        message: String,
+    },
+    /// Too many failures for this user or address (429).
+    #[error("too many failed attempts; retry in {retry_after} s")]
+    TooManyAttempts { retry_after: u64 },
+    /// A dependency (IdP, KDC, NSS source, the blocking pool) is down or saturated (503).
+    #[error("{message}")]
+    Unavailable {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl AuthError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Malformed { reason, .. }
+            | AuthError::Rejected { reason, .. }
+            | AuthError::AccountUnavailable { reason, .. }
+            | AuthError::Unavailable { reason, .. } => reason,
+            AuthError::TooManyAttempts { .. } => "throttled",
+        }
+    }
+
+    pub fn rejected(reason: &'static str, message: impl Into<String>) -> Self {
+        AuthError::Rejected {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+pub trait Authenticator: Send + Sync {
+    fn mechanism(&self) -> Mechanism;
+
+    fn authenticate<'a>(
+        &'a self,
+        credentials: Credentials,
+        ctx: &'a LoginContext,
+    ) -> BoxFuture<'a, Result<Outcome, AuthError>>;
+}
+
+/// A user name we are willing to hand to NSS or PAM: no NUL, no control characters,
+/// no path separators, bounded length.
+pub fn valid_username(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@$".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2".into());
+        let c = Credentials::Password {
+            username: "alice".into(),
+            password: s,
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn usernames_are_checked() {
+        assert!(valid_username("alice"));
+        assert!(valid_username("svc-backup$"));
+        for bad in ["", "a\0b", "a\nb", "../etc", "-rf", &"x".repeat(300)] {
+            assert!(!valid_username(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The command line (SPEC §2): one clap definition, a small function per subcommand.
+//!
+//! Exit codes: 0 ok, 1 authentication refused, 2 usage or configuration error,
+//! 3 server unreachable or unavailable.
+
+pub mod client;
+pub mod session_file;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use hyper::Method;
+use serde_json::Value;
+
+use crate::config::{self, Source};
+use client::{Client, ClientError, Reply};
+
+pub const EXIT_REFUSED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNAVAILABLE: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Authentication daemon: PAM, Kerberos, x509 and OIDC logins, sessions with labels"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon (with no configuration file at all, the --dev defaults)
+    Serve(ConfigArgs),
+    /// Load, validate and print the effective configuration (secrets masked)
+    CheckConfig(ConfigArgs),
+    /// Authenticate and store the session token
+    Login(LoginArgs),
+    /// Show the stored session as the server sees it
+    Whoami(ClientArgs),
+    /// Revoke the stored session
+    Logout(ClientArgs),
+    /// Make a dev CA, a localhost server certificate and UID=<name> client certificates
+    DevCerts(DevCertsArgs),
+}
+
+#[derive(Args)]
+pub struct ConfigArgs {
+    /// Configuration file (JSON); repeatable, applied left to right
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Vec<PathBuf>,
+    /// Override one key, e.g. -D security.session_ttl=600; repeatable
+    #[arg(short = 'D', long = "define", value_name = "KEY=VALUE")]
+    pub define: Vec<String>,
+    /// Embedded development defaults: 127.0.0.1:4367, state and certificates in ./var/portcullis
+    #[arg(long)]
+    pub dev: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// Server URL
+    #[arg(long, env = "PORTCULLIS_URL", value_name = "URL")]
+    pub server: Option<String>,
+    /// CA bundle to trust for the server (default: the system store)
+    #[arg(long, env = "PORTCULLIS_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Client certificate (PEM) whose subject carries UID=<user>
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key of --cert (PEM)
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DevCertsArgs {
+    /// Directory for ca.pem/ca.key (reused if present), server.pem/key, <user>.pem/key
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Make a client certificate with UID=<NAME>; repeatable
+    #[arg(long = "user", value_name = "NAME")]
+    pub users: Vec<String>,
+    /// Host name for the server certificate (besides localhost, 127.0.0.1, ::1)
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+}
+
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:4367";
+
+/// `-c` and `-D` in the order they were given, so the last value of a key wins.
+pub fn sources(matches: &ArgMatches) -> Vec<Source> {
+    let mut tagged: Vec<(usize, Source)> = Vec::new();
+    if let (Some(idx), Some(vals)) = (
+        matches.indices_of("config"),
+        matches.get_many::<PathBuf>("config"),
+    ) {
+        tagged.extend(idx.zip(vals).map(|(i, v)| (i, Source::File(v.clone()))));
+    }
+    if let (Some(idx), Some(vals)) = (
+        matches.indices_of("define"),
+        matches.get_many::<String>("define"),
+    ) {
+        tagged.extend(idx.zip(vals).map(|(i, v)| (i, Source::Define(v.clone()))));
+    }
+    tagged.sort_by_key(|(i, _)| *i);
+    tagged.into_iter().map(|(_, s)| s).collect()
+}
+
+pub fn parse() -> (Cli, Vec<Source>) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sources = match matches.subcommand() {
+        Some(("serve" | "check-config", sub)) => sources(sub),
+        _ => Vec::new(),
+    };
+    (cli, sources)
+}
+
+pub fn check_config(args: &ConfigArgs, sources: Vec<Source>) -> ExitCode {
+    let (sources, dev) = config::resolve_sources(sources, args.dev);
+    match config::load(&sources, dev) {
+        Ok(loaded) => {
+            let mut problems = Vec::new();
+            // Files the daemon reads at startup are checked too, not just the keys.
+            if let Err(e) = crate::labels::LabelMap::load(
+                loaded.config.security.labelfile.as_deref(),
+                loaded.config.security.grouplabelfile.as_deref(),
+                &loaded.config.security.default_labels,
+            ) {
+                problems.push(e.to_string());
+            }
+            // In dev mode the certificates are created at first start, so absent is fine.
+            let dev_certs_pending = dev
+                && !loaded
+                    .config
+                    .ssl
+                    .cert_file
+                    .as_ref()
+                    .is_some_and(|p| p.exists());
+            if loaded.config.ssl.enabled
+                && !dev_certs_pending
+                && let Err(e) = crate::server::tls::load(&loaded.config.ssl)
+            {
+                problems.push(e.to_string());
+            }
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                serde_json::to_string_pretty(&loaded.to_masked_json()).expect("JSON")
+            );
+            if problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                for p in problems {
+                    eprintln!("configuration error: {p}");
+                }
+                ExitCode::from(EXIT_USAGE)
+            }
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+pub fn dev_certs(args: &DevCertsArgs) -> ExitCode {
+    let hostname = args.hostname.clone().unwrap_or_else(|| {
+        hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into())
+    });
+    match crate::devcerts::dev_certs(&args.dir, &hostname, &args.users) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis dev-certs: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn server_url(args: &ClientArgs, stored: Option<&Value>) -> String {
+    args.server
+        .clone()
+        .or_else(|| {
+            stored
+                .and_then(|s| s["server"].as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| DEFAULT_SERVER.to_string())
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    eprintln!("portcullis: {e}");
+    ExitCode::from(match e {
+        ClientError::Usage(_) => EXIT_USAGE,
+        ClientError::Unreachable(_) => EXIT_UNAVAILABLE,
+        ClientError::Refused(_) => EXIT_REFUSED,
+    })
+}
+
+/// Exit code for an HTTP answer that is not a success.
+fn refusal(reply: &Reply) -> ExitCode {
+    let v = reply.json();
+    let message = v["message"]
+        .as_str()
+        .unwrap_or("the server answered with an error");
+    eprintln!(
+        "portcullis: {message} ({} {})",
+        reply.status,
+        v["error"].as_str().unwrap_or("")
+    );
+    ExitCode::from(match reply.status {
+        502..=504 => EXIT_UNAVAILABLE,
+        400 | 404 | 405 | 413 => EXIT_USAGE,
+        _ => EXIT_REFUSED,
+    })
+}
+
+fn print_session(v: &Value, json: bool) {
+    if json {
+        println!("{v}");
+        return;
+    }
+    let list = |k: &str| {
+        v[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    println!("user:      {}", v["user"].as_str().unwrap_or(""));
+    println!("mechanism: {}", v["mechanism"].as_str().unwrap_or(""));
+    println!("groups:    {}", list("groups"));
+    println!("labels:    {}", list("labels"));
+    println!(
+        "expires:   {} (in {} s)",
+        v["expires_at"].as_str().unwrap_or(""),
+        v["expires_in"].as_u64().unwrap_or(0)
+    );
+}
+
+pub async fn login(args: &LoginArgs) -> ExitCode {
+    let server = server_url(&args.client, None);
+    let identity = args.cert.as_deref().zip(args.key.as_deref());
+    if identity.is_none() {
+        eprintln!(
+            "portcullis login: give --cert FILE --key FILE (other mechanisms are not available in this build yet)"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let client = match Client::new(&server, args.client.ca.as_deref(), identity) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let body = serde_json::json!({"mechanism": "certificate"});
+    let reply = match client
+        .request(Method::POST, "/v1/login", &[], Some(&body))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if reply.status != 200 {
+        return refusal(&reply);
+    }
+    let v = reply.json();
+    match session_file::save(&server, &v) {
+        Ok(path) => {
+            if !args.client.json {
+                println!("logged in; session stored in {}", path.display());
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "portcullis: cannot store the session in {}: {e}",
+                session_file::path().display()
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    print_session(&v, args.client.json);
+    ExitCode::SUCCESS
+}
+
+fn stored_token() -> Result<(Value, String), ExitCode> {
+    let Some(stored) = session_file::load() else {
+        eprintln!(
+            "portcullis: not logged in (no session in {})",
+            session_file::path().display()
+        );
+        return Err(ExitCode::from(EXIT_REFUSED));
+    };
+    let token = stored["session"].as_str().unwrap_or_default().to_string();
+    Ok((stored, token))
+}
+
+pub async fn whoami(args: &ClientArgs) -> ExitCode {
+    let (stored, token) = match stored_token() {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let server = server_url(args, Some(&stored));
+    let client = match Client::new(&server, args.ca.as_deref(), None) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let auth = format!("Bearer {token}");
+    match client
+        .request(
+            Method::GET,
+            "/v1/session",
+            &[("authorization", &auth)],
+            None,
+        )
+        .await
+    {
+        Ok(r) if r.status == 200 => {
+            print_session(&r.json(), args.json);
+            ExitCode::SUCCESS
+        }
+        Ok(r) => refusal(&r),
+        Err(e) => fail(&e),
+    }
+}
+
+pub async fn logout(args: &ClientArgs) -> ExitCode {
+    let (stored, token) = match stored_token() {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let server = server_url(args, Some(&stored));
+    let client = match Client::new(&server, args.ca.as_deref(), None) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let auth = format!("Bearer {token}");
+    let result = client
+        .request(
+            Method::DELETE,
+            "/v1/session",
+            &[("authorization", &auth)],
+            None,
+        )
+        .await;
+    match result {
+        // 401 means the session had already ended: the goal is reached either way.
+        Ok(r) if r.status == 204 || r.status == 401 => {
+            if let Err(e) = session_file::remove() {
+                eprintln!(
+                    "portcullis: cannot remove {}: {e}",
+                    session_file::path().display()
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"logged_out": true, "already_ended": r.status == 401})
+                );
+            } else if r.status == 401 {
+                println!("the session had already ended; removed the local copy");
+            } else {
+                println!("logged out");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(r) => refusal(&r),
+        Err(e) => fail(&e),
+    }
+}

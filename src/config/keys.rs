@@ -1,0 +1,185 @@
+//! The registry of every configuration key of SPEC §3.
+//!
+//! One table drives merging, type checking, "did you mean" suggestions, the
+//! effective-config printout and secret masking, so a key added here is known
+//! everywhere at once.
+
+/// How a key's JSON value is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Str,
+    Bool,
+    /// A non-negative integer (seconds, counts).
+    UInt,
+    /// One string or a list of strings; a `-D` value may be comma-separated.
+    StrList,
+    /// One of a fixed set of strings.
+    Enum(&'static [&'static str]),
+}
+
+pub struct KeyDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// Default as JSON text; `null` means "derived at load time" or "unset".
+    pub default: &'static str,
+    /// Masked in `check-config` output and never logged.
+    pub secret: bool,
+}
+
+const fn key(name: &'static str, kind: Kind, default: &'static str) -> KeyDef {
+    KeyDef {
+        name,
+        kind,
+        default,
+        secret: false,
+    }
+}
+
+pub const MECHANISMS: &[&str] = &["password", "kerberos", "certificate", "oidc"];
+pub const OIDC_MODES: &[&str] = &[
+    "jwt",
+    "introspection",
+    "introspection_userinfo",
+    "openshift_userapi",
+    "auto",
+];
+
+pub static KEYS: &[KeyDef] = &[
+    key("system.listen", Kind::StrList, r#"["127.0.0.1:4367"]"#),
+    key("system.hostname", Kind::Str, "null"),
+    key("system.state_dir", Kind::Str, r#""/var/lib/portcullis""#),
+    key("system.max_connections", Kind::UInt, "10000"),
+    key("system.blocking_threads", Kind::UInt, "null"),
+    // Not in SPEC §3: the bounds every network daemon needs (README lists them).
+    key("system.handshake_timeout", Kind::UInt, "10"),
+    key("system.request_timeout", Kind::UInt, "30"),
+    key("system.max_header_bytes", Kind::UInt, "16384"),
+    key("system.max_body_bytes", Kind::UInt, "65536"),
+    key("system.shutdown_timeout", Kind::UInt, "30"),
+    key("ssl.enabled", Kind::Bool, "true"),
+    key("ssl.cert_file", Kind::Str, "null"),
+    key("ssl.key_file", Kind::Str, "null"),
+    key("ssl.client_ca_file", Kind::Str, "null"),
+    key(
+        "ssl.client_auth",
+        Kind::Enum(&["none", "optional", "required"]),
+        "null",
+    ),
+    key("ssl.crl_files", Kind::StrList, "[]"),
+    key("ssl.min_version", Kind::Enum(&["1.2", "1.3"]), r#""1.2""#),
+    key("security.mechanisms", Kind::StrList, "null"),
+    key("security.pam_service", Kind::Str, r#""portcullis""#),
+    key("security.use_kerberos", Kind::Bool, "false"),
+    key("security.server_krb_principal", Kind::Str, "null"),
+    key("security.krb_keytab", Kind::Str, "null"),
+    key("security.krb_realms", Kind::StrList, "[]"),
+    key(
+        "security.pki_user_field",
+        Kind::Enum(&["uid", "cn", "email"]),
+        r#""uid""#,
+    ),
+    key("security.session_ttl", Kind::UInt, "3600"),
+    key("security.session_idle_timeout", Kind::UInt, "0"),
+    key("security.labelfile", Kind::Str, "null"),
+    key("security.grouplabelfile", Kind::Str, "null"),
+    key("security.default_labels", Kind::StrList, "[]"),
+    key("security.group_cache_ttl", Kind::UInt, "60"),
+    key("security.max_failed_attempts", Kind::UInt, "5"),
+    key("security.failed_attempt_window", Kind::UInt, "60"),
+    key("security.pam_conversation_timeout", Kind::UInt, "120"),
+    key("security.oidc.introspection_cache_ttl", Kind::UInt, "0"),
+    key("security.oidc.issuer", Kind::Str, "null"),
+    key("security.oidc.client_id", Kind::Str, "null"),
+    key("security.oidc.audience", Kind::Str, "null"),
+    key(
+        "security.oidc.validation_mode",
+        Kind::Enum(OIDC_MODES),
+        r#""auto""#,
+    ),
+    key(
+        "security.oidc.username_claim",
+        Kind::Str,
+        r#""preferred_username""#,
+    ),
+    key("security.oidc.groups_claim", Kind::Str, r#""groups""#),
+    key(
+        "security.oidc.scopes",
+        Kind::Str,
+        r#""openid profile email""#,
+    ),
+    key("security.oidc.jwks_uri", Kind::Str, "null"),
+    key("security.oidc.introspection_uri", Kind::Str, "null"),
+    key("security.oidc.introspection_client_id", Kind::Str, "null"),
+    KeyDef {
+        name: "security.oidc.introspection_client_secret",
+        kind: Kind::Str,
+        default: "null",
+        secret: true,
+    },
+    key("security.oidc.userinfo_uri", Kind::Str, "null"),
+    key("security.oidc.openshift_user_api_uri", Kind::Str, "null"),
+    key("security.oidc.ca_cert", Kind::Str, "null"),
+    key("log.format", Kind::Enum(&["text", "json"]), r#""text""#),
+    key(
+        "log.level",
+        Kind::Enum(&["trace", "debug", "info", "warn", "error"]),
+        r#""info""#,
+    ),
+];
+
+pub fn lookup(name: &str) -> Option<&'static KeyDef> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// True when `prefix` is a section that holds known keys (`security`, `security.oidc`).
+pub fn is_section(prefix: &str) -> bool {
+    KEYS.iter().any(|k| {
+        k.name.len() > prefix.len()
+            && k.name.starts_with(prefix)
+            && k.name.as_bytes()[prefix.len()] == b'.'
+    })
+}
+
+/// The known key closest to `name`, for "did you mean" in error messages.
+pub fn closest(name: &str) -> &'static str {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    KEYS.iter()
+        .map(|k| {
+            let whole = strsim::normalized_levenshtein(name, k.name);
+            let tail =
+                strsim::normalized_levenshtein(last, k.name.rsplit('.').next().unwrap_or(""));
+            (whole.max(tail * 0.95), k.name)
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, n)| n)
+        .unwrap_or("system.listen")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_json() {
+        for k in KEYS {
+            serde_json::from_str::<serde_json::Value>(k.default)
+                .unwrap_or_else(|e| panic!("{}: {e}", k.name));
+        }
+    }
+
+    #[test]
+    fn suggestions_find_the_intended_key() {
+        assert_eq!(closest("security.sesion_ttl"), "security.session_ttl");
+        assert_eq!(closest("ssl.certfile"), "ssl.cert_file");
+        assert_eq!(closest("security.oidc.isuer"), "security.oidc.issuer");
+        assert_eq!(closest("system.lisen"), "system.listen");
+    }
+
+    #[test]
+    fn sections_are_recognised() {
+        assert!(is_section("security"));
+        assert!(is_section("security.oidc"));
+        assert!(!is_section("security.session_ttl"));
+        assert!(!is_section("secur"));
+    }
+}

@@ -1,0 +1,216 @@
+//! Groups → security labels, from `security.labelfile` and `security.grouplabelfile`.
+//!
+//! Labels are fixed when a session is created, so the map is an immutable value
+//! swapped whole on SIGHUP: a request never sees half a reload.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A label file problem, with the file and line it came from.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{}", .0.join("; "))]
+pub struct LabelError(pub Vec<String>);
+
+#[derive(Debug, Default, Clone)]
+pub struct LabelMap {
+    defaults: Vec<Arc<str>>,
+    by_group: HashMap<String, Vec<Arc<str>>>,
+}
+
+/// Labels travel in JSON, HTTP headers and CSV, so keep them to a safe alphabet.
+pub fn check_label(label: &str) -> Result<(), String> {
+    if label.is_empty() || label.len() > 128 {
+        return Err(format!("label \"{label}\" must be 1 to 128 characters"));
+    }
+    if !label
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_-.:/@".contains(c))
+    {
+        return Err(format!(
+            "label \"{label}\" may only contain letters, digits and _ - . : / @"
+        ));
+    }
+    Ok(())
+}
+
+fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+}
+
+impl LabelMap {
+    /// Read the configured files; a missing or malformed file is an error naming it.
+    pub fn load(
+        labelfile: Option<&Path>,
+        grouplabelfile: Option<&Path>,
+        defaults: &[String],
+    ) -> Result<Self, LabelError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map_err(|e| LabelError(vec![format!("cannot read {}: {e}", p.display())]))
+        };
+        let labels = labelfile.map(|p| read(p).map(|t| (p, t))).transpose()?;
+        let groups = grouplabelfile
+            .map(|p| read(p).map(|t| (p, t)))
+            .transpose()?;
+        Self::parse(
+            labels
+                .as_ref()
+                .map(|(p, t)| (p.display().to_string(), t.as_str())),
+            groups
+                .as_ref()
+                .map(|(p, t)| (p.display().to_string(), t.as_str())),
+            defaults,
+        )
+    }
+
+    /// Parse file contents; `(name, text)` pairs so errors read `file:line: …`.
+    pub fn parse(
+        labelfile: Option<(String, &str)>,
+        grouplabelfile: Option<(String, &str)>,
+        defaults: &[String],
+    ) -> Result<Self, LabelError> {
+        let mut errors = Vec::new();
+        let defined: Option<HashSet<String>> = labelfile.map(|(name, text)| {
+            let mut set = HashSet::new();
+            for (n, line) in content_lines(text) {
+                match check_label(line) {
+                    Ok(()) => {
+                        set.insert(line.to_string());
+                    }
+                    Err(e) => errors.push(format!("{name}:{n}: {e}")),
+                }
+            }
+            set
+        });
+        let undefined = |l: &str| defined.as_ref().is_some_and(|d| !d.contains(l));
+
+        let mut interned: HashMap<String, Arc<str>> = HashMap::new();
+        let mut intern = |l: &str| {
+            interned
+                .entry(l.to_string())
+                .or_insert_with(|| Arc::from(l))
+                .clone()
+        };
+        let mut by_group: HashMap<String, Vec<Arc<str>>> = HashMap::new();
+        if let Some((name, text)) = grouplabelfile {
+            for (n, line) in content_lines(text) {
+                let mut fields = line.split(',').map(str::trim);
+                let group = fields.next().unwrap_or_default();
+                if group.is_empty() || group.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    errors.push(format!("{name}:{n}: \"{group}\" is not a group name"));
+                    continue;
+                }
+                let labels: Vec<&str> = fields.collect();
+                if labels.is_empty() || labels.iter().any(|l| l.is_empty()) {
+                    errors.push(format!(
+                        "{name}:{n}: expected group,label[,label…] with no empty label"
+                    ));
+                    continue;
+                }
+                for l in labels {
+                    if let Err(e) = check_label(l) {
+                        errors.push(format!("{name}:{n}: {e}"));
+                    } else if undefined(l) {
+                        errors.push(format!(
+                            "{name}:{n}: label \"{l}\" is not defined in the label file"
+                        ));
+                    } else {
+                        let entry = by_group.entry(group.to_string()).or_default();
+                        let l = intern(l);
+                        if !entry.contains(&l) {
+                            entry.push(l);
+                        }
+                    }
+                }
+            }
+        }
+        let mut default_set = Vec::new();
+        for l in defaults {
+            if undefined(l) {
+                errors.push(format!(
+                    "security.default_labels: label \"{l}\" is not defined in the label file"
+                ));
+            } else {
+                default_set.push(intern(l));
+            }
+        }
+        if errors.is_empty() {
+            Ok(LabelMap {
+                defaults: default_set,
+                by_group,
+            })
+        } else {
+            Err(LabelError(errors))
+        }
+    }
+
+    /// `default_labels` ∪ the labels of every group, sorted and without repeats.
+    pub fn labels_for<S: AsRef<str>>(&self, groups: &[S]) -> Vec<Arc<str>> {
+        let mut out: BTreeSet<&Arc<str>> = self.defaults.iter().collect();
+        for g in groups {
+            if let Some(ls) = self.by_group.get(g.as_ref()) {
+                out.extend(ls.iter());
+            }
+        }
+        out.into_iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: Vec<Arc<str>>) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn groups_map_to_sorted_unique_labels_plus_defaults() {
+        let m = LabelMap::parse(
+            None,
+            Some((
+                "gl.csv".into(),
+                "# comment\nanalysts, banana ,apple\n\nops,cherry,apple\n",
+            )),
+            &["public".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            names(m.labels_for(&["analysts", "ops", "nobody"])),
+            vec!["apple", "banana", "cherry", "public"]
+        );
+        assert_eq!(names(m.labels_for::<&str>(&[])), vec!["public"]);
+    }
+
+    #[test]
+    fn errors_carry_file_and_line() {
+        let err = LabelMap::parse(
+            Some(("l.csv".into(), "apple\nbad label\n")),
+            Some((
+                "gl.csv".into(),
+                "analysts,apple\nops,pear\nlonely\n,apple\n",
+            )),
+            &["kiwi".into()],
+        )
+        .unwrap_err();
+        let all = err.0.join("\n");
+        assert!(all.contains("l.csv:2: label \"bad label\""), "{all}");
+        assert!(
+            all.contains("gl.csv:2: label \"pear\" is not defined"),
+            "{all}"
+        );
+        assert!(all.contains("gl.csv:3: expected group,label"), "{all}");
+        assert!(all.contains("gl.csv:4: \"\" is not a group name"), "{all}");
+        assert!(all.contains("default_labels: label \"kiwi\""), "{all}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = LabelMap::load(None, Some(Path::new("/nonexistent/gl.csv")), &[]).unwrap_err();
+        assert!(err.to_string().contains("cannot read /nonexistent/gl.csv"));
+    }
+}

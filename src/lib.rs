@@ -1,0 +1,15 @@
+//! portcullis: a Linux authentication daemon. See SPEC.md / README.md.
+
+pub mod audit;
+pub mod auth;
+pub mod blocking;
+pub mod cli;
+pub mod config;
+pub mod devcerts;
+pub mod directory;
+pub mod error;
+pub mod labels;
+pub mod metrics;
+pub mod pipeline;
+pub mod server;
+pub mod session;

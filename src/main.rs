@@ -1,0 +1,127 @@
+use std::process::ExitCode;
+
+use portcullis::cli::{self, Command};
+use portcullis::config::{self, LogFormat};
+use portcullis::server::{self, StartError};
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(args: &cli::ConfigArgs, sources: Vec<config::Source>) -> ExitCode {
+    let (sources, dev) = config::resolve_sources(sources, args.dev);
+    let loaded = match config::load(&sources, dev) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(cli::EXIT_USAGE);
+        }
+    };
+    let cfg = loaded.config;
+    init_logging(cfg.log.format, &cfg.log.level);
+    if cfg.dev {
+        match portcullis::devcerts::ensure_server(&cfg.system.state_dir, &cfg.system.hostname) {
+            Ok((_, created)) => print_dev_banner(&cfg, created),
+            Err(e) => {
+                eprintln!("portcullis: cannot prepare dev certificates: {e}");
+                return ExitCode::from(cli::EXIT_USAGE);
+            }
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(StartError::Config(e)) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::from(cli::EXIT_USAGE)
+        }
+        Err(StartError::Runtime(e)) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_dev_banner(cfg: &config::Config, created: bool) {
+    let dir = &cfg.system.state_dir;
+    let addr = cfg.system.listen[0];
+    let url = format!("https://{addr}");
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "root".into());
+    let user = if user.is_empty() {
+        "root".to_string()
+    } else {
+        user
+    };
+    println!(
+        "portcullis: development mode ({} the dev CA)",
+        if created { "created" } else { "reusing" }
+    );
+    println!("  URL:    {url}");
+    println!("  CA:     {}", dir.join("ca.pem").display());
+    println!("  log in with a client certificate for a local user:");
+    println!(
+        "    portcullis dev-certs --dir {} --user {user}",
+        dir.display()
+    );
+    println!(
+        "    curl --cacert {d}/ca.pem --cert {d}/{user}.pem --key {d}/{user}.key -X POST {url}/v1/login",
+        d = dir.display()
+    );
+    println!(
+        "    portcullis login --server {url} --ca {d}/ca.pem --cert {d}/{user}.pem --key {d}/{user}.key",
+        d = dir.display()
+    );
+}
+
+fn main() -> ExitCode {
+    let (cli, sources) = cli::parse();
+    match &cli.command {
+        Command::Serve(args) => serve(args, sources),
+        Command::CheckConfig(args) => cli::check_config(args, sources),
+        Command::DevCerts(args) => cli::dev_certs(args),
+        Command::Login(_) | Command::Whoami(_) | Command::Logout(_) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("portcullis: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async {
+                match &cli.command {
+                    Command::Login(a) => cli::login(a).await,
+                    Command::Whoami(a) => cli::whoami(a).await,
+                    Command::Logout(a) => cli::logout(a).await,
+                    _ => unreachable!("matched above"),
+                }
+            })
+        }
+    }
+}

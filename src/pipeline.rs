@@ -1,0 +1,179 @@
+//! The login pipeline of SPEC §1, minus HTTP: credentials → authenticator →
+//! identity → groups → labels → session, with one audit event and one metric per
+//! attempt whatever the outcome.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tracing::Instrument;
+
+use crate::audit;
+use crate::auth::{
+    AuthError, Authenticator, Challenge, Credentials, Identity, LoginContext, Outcome,
+};
+use crate::config::Mechanism;
+use crate::directory::{Directory, DirectoryError};
+use crate::labels::LabelMap;
+use crate::metrics::Metrics;
+use crate::session::{Session, SessionInfo, SessionStore, Token};
+
+pub enum LoginResult {
+    Session { token: Token, session: Session },
+    Challenge(Challenge),
+}
+
+pub struct Pipeline {
+    authenticators: HashMap<Mechanism, Box<dyn Authenticator>>,
+    enabled: Vec<Mechanism>,
+    pub directory: Directory,
+    pub labels: ArcSwap<LabelMap>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub metrics: Arc<Metrics>,
+    session_ttl: Duration,
+}
+
+impl Pipeline {
+    pub fn new(
+        authenticators: Vec<Box<dyn Authenticator>>,
+        directory: Directory,
+        labels: LabelMap,
+        sessions: Arc<dyn SessionStore>,
+        metrics: Arc<Metrics>,
+        session_ttl: Duration,
+    ) -> Self {
+        let enabled = authenticators.iter().map(|a| a.mechanism()).collect();
+        Pipeline {
+            authenticators: authenticators
+                .into_iter()
+                .map(|a| (a.mechanism(), a))
+                .collect(),
+            enabled,
+            directory,
+            labels: ArcSwap::from_pointee(labels),
+            sessions,
+            metrics,
+            session_ttl,
+        }
+    }
+
+    pub fn enabled(&self) -> &[Mechanism] {
+        &self.enabled
+    }
+
+    pub async fn login(
+        &self,
+        credentials: Option<Credentials>,
+        ctx: &LoginContext,
+    ) -> Result<LoginResult, AuthError> {
+        let started = Instant::now();
+        let mechanism = credentials
+            .as_ref()
+            .map_or("none", |c| c.mechanism().as_str());
+        let span = tracing::info_span!("login", mechanism, peer = %ctx.peer);
+        let (result, user) = self.run(credentials, ctx).instrument(span).await;
+        let (outcome, reason) = match &result {
+            Ok(LoginResult::Session { .. }) => ("success", "ok"),
+            Ok(LoginResult::Challenge(_)) => ("challenge", "more_input_needed"),
+            Err(e) => (
+                match e {
+                    AuthError::Malformed { .. } => "bad_request",
+                    AuthError::Rejected { .. } => "rejected",
+                    AuthError::AccountUnavailable { .. } => "account_unavailable",
+                    AuthError::TooManyAttempts { .. } => "throttled",
+                    AuthError::Unavailable { .. } => "unavailable",
+                },
+                e.reason(),
+            ),
+        };
+        audit::login(ctx.peer, mechanism, user.as_deref(), outcome, reason);
+        self.metrics
+            .login(mechanism, outcome, started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Returns the user name whenever it became known, so failures are audited with it.
+    async fn run(
+        &self,
+        credentials: Option<Credentials>,
+        ctx: &LoginContext,
+    ) -> (Result<LoginResult, AuthError>, Option<String>) {
+        let Some(credentials) = credentials else {
+            return (
+                Err(AuthError::rejected(
+                    "no_credentials",
+                    format!(
+                        "no credentials were presented; this server accepts: {}",
+                        self.enabled_list()
+                    ),
+                )),
+                None,
+            );
+        };
+        let mechanism = credentials.mechanism();
+        let Some(authenticator) = self.authenticators.get(&mechanism) else {
+            return (
+                Err(AuthError::rejected(
+                    "mechanism_disabled",
+                    format!(
+                        "the {mechanism} mechanism is not enabled on this server; it accepts: {}",
+                        self.enabled_list()
+                    ),
+                )),
+                None,
+            );
+        };
+        let identity = match authenticator.authenticate(credentials, ctx).await {
+            Ok(Outcome::Authenticated(identity)) => identity,
+            Ok(Outcome::Challenge(c)) => return (Ok(LoginResult::Challenge(c)), None),
+            Err(e) => return (Err(e), None),
+        };
+        let user = identity.user.clone();
+        (self.issue(identity).await, Some(user))
+    }
+
+    /// Groups, labels and the session for a proven identity.
+    async fn issue(&self, identity: Identity) -> Result<LoginResult, AuthError> {
+        let groups: Arc<[Arc<str>]> = match identity.groups {
+            Some(gs) => gs.iter().map(|g| Arc::from(g.as_str())).collect(),
+            None => match self.directory.lookup(&identity.user).await {
+                Ok(acct) => acct.groups.clone(),
+                Err(DirectoryError::NoSuchUser) => {
+                    return Err(AuthError::AccountUnavailable {
+                        reason: "unknown_user",
+                        message: format!(
+                            "\"{}\" has no local account on this server",
+                            identity.user
+                        ),
+                    });
+                }
+                Err(DirectoryError::Unavailable(why)) => {
+                    tracing::warn!(error = %why, "group lookup failed");
+                    return Err(AuthError::Unavailable {
+                        reason: "directory_unavailable",
+                        message: "the account directory (NSS) is unavailable; try again later"
+                            .into(),
+                    });
+                }
+            },
+        };
+        let labels: Arc<[Arc<str>]> = self.labels.load().labels_for(&groups).into();
+        let info = Arc::new(SessionInfo {
+            user: Arc::from(identity.user.as_str()),
+            mechanism: identity.mechanism,
+            groups,
+            labels,
+        });
+        let (token, session) = self.sessions.create(info, self.session_ttl);
+        Ok(LoginResult::Session { token, session })
+    }
+
+    fn enabled_list(&self) -> String {
+        self.enabled
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

@@ -1,0 +1,179 @@
+//! The daemon: wires the configuration into the pipeline, binds the listeners,
+//! handles SIGHUP (reload) and SIGTERM (drain), and tells systemd when it is ready.
+
+pub mod listener;
+pub mod routes;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::auth::Authenticator;
+use crate::auth::certificate::CertificateAuthenticator;
+use crate::blocking::BlockingPool;
+use crate::config::{Config, Mechanism};
+use crate::directory::Directory;
+use crate::labels::LabelMap;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::session::MemoryStore;
+
+/// What a connection knows about its peer, fixed at handshake time.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub peer_cert: Option<CertificateDer<'static>>,
+}
+
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pipeline: Pipeline,
+    /// `None` when `ssl.enabled` is false; swapped whole on SIGHUP.
+    pub tls: Option<ArcSwap<rustls::ServerConfig>>,
+}
+
+/// A startup problem: exit 2 for configuration and files, 1 for the rest.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+fn authenticators(config: &Config) -> Vec<Box<dyn Authenticator>> {
+    config
+        .security
+        .mechanisms
+        .iter()
+        .filter_map(|m| -> Option<Box<dyn Authenticator>> {
+            match m {
+                Mechanism::Certificate => Some(Box::new(CertificateAuthenticator::new(
+                    config.security.pki_user_field,
+                ))),
+                // Refused at config load until their authenticators exist.
+                Mechanism::Password | Mechanism::Kerberos | Mechanism::Oidc => None,
+            }
+        })
+        .collect()
+}
+
+/// Build the state; every file is read here so a broken one stops startup with its name.
+pub fn build_state(config: Config) -> Result<AppState, StartError> {
+    let mut problems = Vec::new();
+    let tls = if config.ssl.enabled {
+        match tls::load(&config.ssl) {
+            Ok(c) => Some(ArcSwap::new(c)),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let labels = match load_labels(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            problems.push(e);
+            LabelMap::default()
+        }
+    };
+    if !problems.is_empty() {
+        return Err(StartError::Config(problems.join("\n")));
+    }
+    let pool = BlockingPool::new(config.system.blocking_threads, Duration::from_secs(5));
+    let directory = Directory::new(pool, Duration::from_secs(config.security.group_cache_ttl));
+    let idle = Duration::from_secs(config.security.session_idle_timeout);
+    let pipeline = Pipeline::new(
+        authenticators(&config),
+        directory,
+        labels,
+        Arc::new(MemoryStore::new(Some(idle))),
+        Arc::new(Metrics::new()),
+        Duration::from_secs(config.security.session_ttl),
+    );
+    Ok(AppState {
+        config: Arc::new(config),
+        pipeline,
+        tls,
+    })
+}
+
+fn load_labels(config: &Config) -> Result<LabelMap, String> {
+    LabelMap::load(
+        config.security.labelfile.as_deref(),
+        config.security.grouplabelfile.as_deref(),
+        &config.security.default_labels,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// SIGHUP: re-read certificates, CRLs and label files; keep the old on any error.
+fn reload(state: &AppState) {
+    if let Some(current) = &state.tls {
+        match tls::load(&state.config.ssl) {
+            Ok(c) => {
+                current.store(c);
+                tracing::info!("reloaded TLS certificates and CRLs");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates")
+            }
+        }
+    }
+    match load_labels(&state.config) {
+        Ok(l) => {
+            state.pipeline.labels.store(Arc::new(l));
+            tracing::info!("reloaded label files");
+        }
+        Err(e) => tracing::error!(error = %e, "label reload failed; keeping the previous labels"),
+    }
+}
+
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let mut listeners = Vec::new();
+    for addr in &config.system.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Runtime(format!("cannot listen on {addr}: {e}")))?;
+        listeners.push(l);
+    }
+    let state = Arc::new(build_state(config)?);
+    let scheme = if state.tls.is_some() { "https" } else { "http" };
+    for l in &listeners {
+        let addr = l
+            .local_addr()
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        // Printed on stdout so scripts and tests can find a port chosen by the kernel.
+        println!("portcullis: listening on {scheme}://{addr}");
+        tracing::info!(%addr, "listening");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let server = tokio::spawn(listener::serve(state.clone(), listeners, stop_rx));
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&state),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: no new connections, draining requests in flight");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,535 @@
+//! HTTP endpoints of SPEC §4. Thin on purpose: parse the request, call the pipeline
+//! or the session store, and map errors through `error.rs`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::{AppState, ConnInfo};
+use crate::audit;
+use crate::auth::{AuthError, Credentials, LoginContext, Secret};
+use crate::config::Mechanism;
+use crate::error::ApiError;
+use crate::pipeline::LoginResult;
+use crate::session::{Session, token};
+
+pub type Body = Full<Bytes>;
+
+pub async fn handle(
+    state: Arc<AppState>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let result = match (path.as_str(), &method) {
+        ("/healthz", &Method::GET) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        ("/metrics", &Method::GET) => Ok(metrics(&state)),
+        ("/v1/auth/methods", &Method::GET) => Ok(methods(&state)),
+        ("/v1/login", &Method::POST) => login(&state, &conn, req).await,
+        ("/v1/session", &Method::GET) => session_get(&state, req.headers()),
+        ("/v1/session", &Method::DELETE) => session_delete(&state, &conn, req.headers()),
+        ("/healthz" | "/metrics" | "/v1/auth/methods", _) => {
+            Err(ApiError::MethodNotAllowed { allow: "GET" })
+        }
+        ("/v1/login", _) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
+        ("/v1/session", _) => Err(ApiError::MethodNotAllowed {
+            allow: "GET, DELETE",
+        }),
+        (p, &Method::POST) if p.starts_with("/v1/login/") => Err(ApiError::NotFound),
+        _ => Err(ApiError::NotFound),
+    };
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // Tokens and identities must not land in shared caches (RFC 6749 §5.1).
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    let mut resp = json_response(e.status(), &e.body());
+    let h = resp.headers_mut();
+    match e {
+        ApiError::Unauthorized {
+            www_authenticate, ..
+        } => {
+            for scheme in www_authenticate {
+                if let Ok(v) = HeaderValue::from_str(scheme) {
+                    h.append(header::WWW_AUTHENTICATE, v);
+                }
+            }
+        }
+        ApiError::TooManyAttempts { retry_after } => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        ApiError::MethodNotAllowed { allow } => {
+            h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        _ => {}
+    }
+    resp
+}
+
+fn metrics(state: &AppState) -> Response<Body> {
+    let text = state.pipeline.metrics.render(state.pipeline.sessions.len());
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+fn methods(state: &AppState) -> Response<Body> {
+    let enabled: Vec<&str> = state
+        .pipeline
+        .enabled()
+        .iter()
+        .map(|m| m.as_str())
+        .collect();
+    let mut body = json!({ "mechanisms": enabled });
+    if state.pipeline.enabled().contains(&Mechanism::Oidc) {
+        let o = &state.config.security.oidc;
+        body["oidc"] = json!({
+            "issuer": o.issuer,
+            "client_id": o.client_id.as_ref().or(o.audience.as_ref()),
+            "audience": o.audience,
+            "scopes": o.scopes,
+        });
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+/// The `WWW-Authenticate` challenges of every enabled scheme (SPEC §4).
+fn login_challenges(state: &AppState) -> Vec<String> {
+    state
+        .pipeline
+        .enabled()
+        .iter()
+        .filter_map(|m| match m {
+            Mechanism::Kerberos => Some("Negotiate".to_string()),
+            Mechanism::Password => Some("Basic realm=\"portcullis\"".to_string()),
+            Mechanism::Oidc => Some("Bearer realm=\"portcullis\"".to_string()),
+            // mTLS has no HTTP scheme; the handshake already asked for a certificate.
+            Mechanism::Certificate => None,
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    mechanism: Option<String>,
+    username: Option<String>,
+    password: Option<Zeroizing<String>>,
+}
+
+async fn login(
+    state: &AppState,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let limits = &state.config.system;
+    let body = read_body(
+        body,
+        &parts.headers,
+        limits.max_body_bytes,
+        Duration::from_secs(limits.request_timeout),
+    )
+    .await?;
+    let ctx = LoginContext { peer: conn.peer };
+    let challenges = login_challenges(state);
+    let credentials = match extract_credentials(&parts.headers, &body, conn) {
+        Ok(c) => c,
+        Err(e) => {
+            audit::login(conn.peer, "none", None, "bad_request", e.reason());
+            return Err(ApiError::from_auth(e, challenges));
+        }
+    };
+    drop(body);
+    match state.pipeline.login(credentials, &ctx).await {
+        Ok(LoginResult::Session { token, session }) => {
+            let mut v = session_json(&session);
+            v["session"] = Value::String(token.text.to_string());
+            v["token_type"] = Value::String("Bearer".into());
+            Ok(json_response(StatusCode::OK, &v))
+        }
+        Ok(LoginResult::Challenge(c)) => Ok(json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"conversation": c.conversation, "prompts": c.prompts}),
+        )),
+        Err(e) => Err(ApiError::from_auth(e, challenges)),
+    }
+}
+
+async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let collect = async {
+        // Collected into a zeroizing buffer because it may hold a password.
+        let mut out = Zeroizing::new(Vec::new());
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
+            if let Ok(data) = frame.into_data() {
+                if out.len() + data.len() > limit {
+                    return Err(ApiError::PayloadTooLarge { limit });
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(out)
+    };
+    tokio::time::timeout(timeout, collect)
+        .await
+        .map_err(|_| ApiError::Timeout)?
+}
+
+fn malformed(reason: &'static str, message: impl Into<String>) -> AuthError {
+    AuthError::Malformed {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// Credentials from the `Authorization` header, the JSON body, or the TLS session,
+/// in that order of precedence.
+fn extract_credentials(
+    headers: &HeaderMap,
+    body: &[u8],
+    conn: &ConnInfo,
+) -> Result<Option<Credentials>, AuthError> {
+    let parsed: Option<LoginBody> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(serde_json::from_slice(body).map_err(|e| {
+            malformed(
+                "bad_json",
+                format!("the request body is not valid login JSON: {e}"),
+            )
+        })?)
+    };
+    let body_mechanism = match parsed.as_ref().and_then(|b| b.mechanism.as_deref()) {
+        None => None,
+        Some(m) => Some(Mechanism::parse(m).ok_or_else(|| {
+            malformed(
+                "bad_mechanism",
+                format!("unknown mechanism \"{m}\"; use password, kerberos, certificate or oidc"),
+            )
+        })?),
+    };
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        let creds = parse_authorization(auth)?;
+        if body_mechanism.is_some_and(|m| m != creds.mechanism()) {
+            return Err(malformed(
+                "conflicting_credentials",
+                "the body names a different mechanism than the Authorization header",
+            ));
+        }
+        return Ok(Some(creds));
+    }
+    match (body_mechanism, parsed) {
+        (
+            Some(Mechanism::Password) | None,
+            Some(LoginBody {
+                username: Some(u),
+                password: Some(p),
+                ..
+            }),
+        ) => Ok(Some(Credentials::Password {
+            username: u,
+            password: Secret::from(p),
+        })),
+        (Some(Mechanism::Password), _) => Err(malformed(
+            "missing_field",
+            "a password login needs \"username\" and \"password\"",
+        )),
+        (Some(Mechanism::Kerberos), _) => Err(malformed(
+            "wrong_place",
+            "send the Kerberos token as \"Authorization: Negotiate <base64>\"",
+        )),
+        (Some(Mechanism::Oidc), _) => Err(malformed(
+            "wrong_place",
+            "send the IdP token as \"Authorization: Bearer <token>\"",
+        )),
+        (Some(Mechanism::Certificate), _) | (None, None) => {
+            Ok(conn.peer_cert.clone().map(Credentials::Certificate))
+        }
+        (None, Some(_)) => Err(malformed(
+            "missing_field",
+            "the body must name a \"mechanism\" or carry \"username\" and \"password\"",
+        )),
+    }
+}
+
+fn parse_authorization(value: &HeaderValue) -> Result<Credentials, AuthError> {
+    let text = value
+        .to_str()
+        .map_err(|_| malformed("bad_authorization", "the Authorization header is not ASCII"))?;
+    let (scheme, param) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+    let param = param.trim();
+    let decode = |what: &str| {
+        STANDARD.decode(param).map_err(|_| {
+            malformed(
+                "bad_base64",
+                format!("the {what} credentials are not valid base64"),
+            )
+        })
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "basic" => {
+            let raw = Zeroizing::new(decode("Basic")?);
+            let text = std::str::from_utf8(&raw).map_err(|_| {
+                malformed("bad_authorization", "the Basic credentials are not UTF-8")
+            })?;
+            let (user, pass) = text.split_once(':').ok_or_else(|| {
+                malformed(
+                    "bad_authorization",
+                    "the Basic credentials lack the ':' separator",
+                )
+            })?;
+            Ok(Credentials::Password {
+                username: user.to_string(),
+                password: Secret::new(pass.to_string()),
+            })
+        }
+        "negotiate" => {
+            let blob = decode("Negotiate")?;
+            if blob.is_empty() {
+                return Err(malformed(
+                    "bad_authorization",
+                    "the Negotiate token is empty",
+                ));
+            }
+            Ok(Credentials::Negotiate(blob))
+        }
+        "bearer" if !param.is_empty() => Ok(Credentials::Bearer(Secret::new(param.to_string()))),
+        "bearer" => Err(malformed("bad_authorization", "the Bearer token is empty")),
+        _ => Err(malformed(
+            "bad_authorization",
+            format!(
+                "unsupported Authorization scheme \"{scheme}\"; use Basic, Negotiate or Bearer"
+            ),
+        )),
+    }
+}
+
+const SESSION_CHALLENGE: &str = "Bearer realm=\"portcullis\"";
+const SESSION_INVALID: &str = "Bearer realm=\"portcullis\", error=\"invalid_token\"";
+
+/// The session named by `Authorization: Bearer pcs_…`.
+fn presented_session(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(token::TokenHash, Session), ApiError> {
+    let unauthorized = |message: &str, challenge: &str| ApiError::Unauthorized {
+        message: message.into(),
+        www_authenticate: vec![challenge.into()],
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(unauthorized(
+            "no session token; send \"Authorization: Bearer pcs_…\"",
+            SESSION_CHALLENGE,
+        ));
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    let presented = match text.split_once(' ') {
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "a session is presented as \"Authorization: Bearer pcs_…\"".into(),
+            ));
+        }
+    };
+    let invalid = || {
+        unauthorized(
+            "the session is unknown, expired or revoked",
+            SESSION_INVALID,
+        )
+    };
+    let hash = token::parse(presented).ok_or_else(invalid)?;
+    let session = state.pipeline.sessions.get(&hash).ok_or_else(invalid)?;
+    Ok((hash, session))
+}
+
+fn session_get(state: &AppState, headers: &HeaderMap) -> Result<Response<Body>, ApiError> {
+    let (_, session) = presented_session(state, headers)?;
+    Ok(json_response(StatusCode::OK, &session_json(&session)))
+}
+
+fn session_delete(
+    state: &AppState,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
+    let (hash, session) = match presented_session(state, headers) {
+        Ok(s) => s,
+        Err(e) => {
+            audit::logout(conn.peer, None, "rejected");
+            return Err(e);
+        }
+    };
+    let revoked = state.pipeline.sessions.revoke(&hash);
+    audit::logout(
+        conn.peer,
+        Some(&session.info.user),
+        if revoked { "success" } else { "already_ended" },
+    );
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
+
+pub fn session_json(session: &Session) -> Value {
+    let now = SystemTime::now();
+    json!({
+        "expires_in": session.expires_in(now).as_secs(),
+        "expires_at": rfc3339(session.expires_at),
+        "user": session.info.user.as_ref(),
+        "mechanism": session.info.mechanism.as_str(),
+        "groups": session.info.groups.iter().map(|g| g.as_ref()).collect::<Vec<_>>(),
+        "labels": session.info.labels.iter().map(|l| l.as_ref()).collect::<Vec<_>>(),
+    })
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> ConnInfo {
+        ConnInfo {
+            peer: "127.0.0.1:1".parse().unwrap(),
+            peer_cert: None,
+        }
+    }
+
+    #[test]
+    fn basic_credentials_are_decoded() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic YWxpY2U6czNjcjN0Oih4KQ=="),
+        );
+        match extract_credentials(&h, b"", &conn()).unwrap().unwrap() {
+            Credentials::Password { username, password } => {
+                assert_eq!(username, "alice");
+                assert_eq!(password.expose(), "s3cr3t:(x)");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_requests_are_400s() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic !!!notbase64"),
+        );
+        assert_eq!(
+            extract_credentials(&h, b"", &conn()).unwrap_err().reason(),
+            "bad_base64"
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Digest abc"),
+        );
+        assert_eq!(
+            extract_credentials(&h, b"", &conn()).unwrap_err().reason(),
+            "bad_authorization"
+        );
+        let h = HeaderMap::new();
+        assert_eq!(
+            extract_credentials(&h, b"{nope", &conn())
+                .unwrap_err()
+                .reason(),
+            "bad_json"
+        );
+        assert_eq!(
+            extract_credentials(&h, br#"{"mechanism":"password","username":"a"}"#, &conn())
+                .unwrap_err()
+                .reason(),
+            "missing_field"
+        );
+        assert_eq!(
+            extract_credentials(&h, br#"{"mechanism":"x"}"#, &conn())
+                .unwrap_err()
+                .reason(),
+            "bad_mechanism"
+        );
+        assert_eq!(
+            extract_credentials(&h, br#"{"user":"a"}"#, &conn())
+                .unwrap_err()
+                .reason(),
+            "bad_json"
+        );
+    }
+
+    #[test]
+    fn no_credentials_without_a_certificate() {
+        assert!(
+            extract_credentials(&HeaderMap::new(), b" \n", &conn())
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            extract_credentials(
+                &HeaderMap::new(),
+                br#"{"mechanism":"certificate"}"#,
+                &conn()
+            )
+            .unwrap()
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_seconds() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_435_200);
+        assert_eq!(rfc3339(t), "2026-11-23T12:00:00Z");
+    }
+}

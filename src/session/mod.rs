@@ -1,0 +1,53 @@
+//! Sessions (SPEC §6): issued after a login, checked by other services, ended by TTL,
+//! idle timeout or logout.
+//!
+//! The store is a trait so a persistent or shared (Redis) store can replace the
+//! in-memory one without touching the routes (SPEC §9).
+
+pub mod memory;
+pub mod token;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::config::Mechanism;
+
+pub use memory::MemoryStore;
+pub use token::{Token, TokenHash};
+
+/// What a session carries; shared by reference so a million sessions of the same
+/// few users do not copy their group lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub user: Arc<str>,
+    pub mechanism: Mechanism,
+    pub groups: Arc<[Arc<str>]>,
+    pub labels: Arc<[Arc<str>]>,
+}
+
+/// A live session as seen by a caller.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub info: Arc<SessionInfo>,
+    pub expires_at: SystemTime,
+}
+
+impl Session {
+    pub fn expires_in(&self, now: SystemTime) -> Duration {
+        self.expires_at.duration_since(now).unwrap_or_default()
+    }
+}
+
+pub trait SessionStore: Send + Sync + 'static {
+    /// Issue a new session; returns the token, whose plaintext is not kept.
+    fn create(&self, info: Arc<SessionInfo>, ttl: Duration) -> (Token, Session);
+    /// The live session for a presented token hash, refreshing its idle timer.
+    fn get(&self, hash: &TokenHash) -> Option<Session>;
+    /// End a session; `false` if it did not exist (or had already ended).
+    fn revoke(&self, hash: &TokenHash) -> bool;
+    /// Live sessions, for the `portcullis_active_sessions` gauge.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
