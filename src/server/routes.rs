@@ -414,7 +414,8 @@ fn session_delete(
 pub fn session_json(session: &Session) -> Value {
     let now = SystemTime::now();
     json!({
-        "expires_in": session.expires_in(now).as_secs(),
+        // Rounded up so a fresh session reports its whole TTL.
+        "expires_in": session.expires_in(now).as_millis().div_ceil(1000) as u64,
         "expires_at": rfc3339(session.expires_at),
         "user": session.info.user.as_ref(),
         "mechanism": session.info.mechanism.as_str(),

@@ -1,0 +1,241 @@
+//! Shared fixtures: the real daemon on a kernel-chosen loopback port, real
+//! certificates, and the local users `scripts/prepare-env` creates.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use portcullis::cli::client::{Client, ClientError, Reply};
+use portcullis::devcerts;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// The users and groups of scripts/prepare-env. Missing fixtures fail the test
+/// loudly: a test that silently skips would pass without testing anything.
+pub fn require_fixtures() {
+    for user in ["pcalice", "pcbob", "pccarol"] {
+        let found = nix::unistd::User::from_name(user).ok().flatten().is_some();
+        assert!(
+            found,
+            "local user {user} is missing: run scripts/test (it runs scripts/prepare-env as root)"
+        );
+    }
+}
+
+pub struct Daemon {
+    child: Child,
+    pub url: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl Daemon {
+    /// Start `portcullis serve --dev` with state in `dir` and extra `-D` overrides.
+    pub fn start(dir: &Path, defines: &[&str]) -> Daemon {
+        Self::try_start(dir, defines).unwrap_or_else(|e| panic!("daemon did not start: {e}"))
+    }
+
+    pub fn try_start(dir: &Path, defines: &[&str]) -> Result<Daemon, String> {
+        require_fixtures();
+        let stderr_path = dir.join(format!("daemon-{}.log", std::process::id()));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--dev")
+            .arg("-D")
+            .arg("system.listen=127.0.0.1:0")
+            .arg("-D")
+            .arg(format!("system.state_dir={}", dir.display()));
+        for d in defines {
+            cmd.arg("-D").arg(d);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn portcullis");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("portcullis: listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(url) => {
+                let port = url.rsplit(':').next().unwrap().parse().unwrap();
+                Ok(Daemon {
+                    child,
+                    url,
+                    port,
+                    dir: dir.to_path_buf(),
+                    stderr_path,
+                })
+            }
+            Err(_) => {
+                let status = child.wait().ok();
+                let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                Err(format!("exit {status:?}; stderr:\n{log}"))
+            }
+        }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).unwrap();
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        wait_timeout(&mut self.child, Duration::from_secs(20)).expect("daemon exits after SIGTERM")
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// An HTTPS client trusting the dev CA, optionally presenting `<dir>/<name>.pem`.
+    pub fn client(&self, identity: Option<&str>) -> Client {
+        let files = identity.map(|n| {
+            (
+                self.dir.join(format!("{n}.pem")),
+                self.dir.join(format!("{n}.key")),
+            )
+        });
+        Client::new(
+            &self.url,
+            Some(&self.ca()),
+            files.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        )
+        .unwrap()
+    }
+
+    pub fn client_with(&self, cert: &Path, key: &Path) -> Client {
+        Client::new(&self.url, Some(&self.ca()), Some((cert, key))).unwrap()
+    }
+
+    /// Make `<dir>/<user>.pem|key` with the real `portcullis dev-certs`.
+    pub fn dev_certs(&self, users: &[&str]) {
+        dev_certs(&self.dir, users);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+pub fn dev_certs(dir: &Path, users: &[&str]) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("dev-certs").arg("--dir").arg(dir);
+    for u in users {
+        cmd.arg("--user").arg(u);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "dev-certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The dev CA of `dir`, for tests that need certificates `dev-certs` will not make
+/// (expired, no UID, revoked).
+pub fn ca(dir: &Path) -> devcerts::Ca {
+    devcerts::load_or_create_ca(dir, "localhost").unwrap().0
+}
+
+pub async fn post_login(
+    client: &Client,
+    body: Option<serde_json::Value>,
+) -> Result<Reply, ClientError> {
+    client
+        .request(hyper::Method::POST, "/v1/login", &[], body.as_ref())
+        .await
+}
+
+pub async fn get_session(client: &Client, token: &str) -> Reply {
+    let auth = format!("Bearer {token}");
+    client
+        .request(
+            hyper::Method::GET,
+            "/v1/session",
+            &[("authorization", &auth)],
+            None,
+        )
+        .await
+        .unwrap()
+}
+
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("pc-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// Run `openssl` and return (success, stdout+stderr).
+pub fn openssl(args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is installed by scripts/test");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
