@@ -76,21 +76,20 @@ impl Pipeline {
         let (outcome, reason) = match &result {
             Ok(LoginResult::Session { .. }) => ("success", "ok"),
             Ok(LoginResult::Challenge(_)) => ("challenge", "more_input_needed"),
-            Err(e) => (
-                match e {
-                    AuthError::Malformed { .. } => "bad_request",
-                    AuthError::Rejected { .. } => "rejected",
-                    AuthError::AccountUnavailable { .. } => "account_unavailable",
-                    AuthError::TooManyAttempts { .. } => "throttled",
-                    AuthError::Unavailable { .. } => "unavailable",
-                },
-                e.reason(),
-            ),
+            Err(e) => (outcome_of(e), e.reason()),
         };
         audit::login(ctx.peer, mechanism, user.as_deref(), outcome, reason);
         self.metrics
             .login(mechanism, outcome, started.elapsed().as_secs_f64());
         result
+    }
+
+    /// Audit and count a login refused before it reached an authenticator
+    /// (malformed request, refused client certificate).
+    pub fn record_refusal(&self, mechanism: &'static str, e: &AuthError, ctx: &LoginContext) {
+        let outcome = outcome_of(e);
+        audit::login(ctx.peer, mechanism, None, outcome, e.reason());
+        self.metrics.login(mechanism, outcome, 0.0);
     }
 
     /// Returns the user name whenever it became known, so failures are audited with it.
@@ -175,5 +174,15 @@ impl Pipeline {
             .map(|m| m.as_str())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+fn outcome_of(e: &AuthError) -> &'static str {
+    match e {
+        AuthError::Malformed { .. } => "bad_request",
+        AuthError::Rejected { .. } => "rejected",
+        AuthError::AccountUnavailable { .. } => "account_unavailable",
+        AuthError::TooManyAttempts { .. } => "throttled",
+        AuthError::Unavailable { .. } => "unavailable",
     }
 }

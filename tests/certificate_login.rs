@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use portcullis::cli::client::ClientError;
 use portcullis::devcerts;
 use serde_json::json;
 
@@ -174,15 +173,17 @@ async fn missing_and_repeated_uid_are_refused_with_401() {
     );
 }
 
-fn refused(r: Result<portcullis::cli::client::Reply, ClientError>) -> String {
-    match r {
-        Err(ClientError::Refused(why)) => why,
-        other => panic!("expected the handshake to refuse the certificate, got {other:?}"),
-    }
+/// With `ssl.client_auth = optional` (the dev default) a bad certificate gets a JSON 401.
+async fn refused_with_401(client: &portcullis::cli::client::Client, hint: &str) {
+    let r = post_login(client, None).await.unwrap();
+    let v = r.json();
+    assert_eq!(r.status, 401, "{v}");
+    assert_eq!(v["error"], "authentication_failed");
+    assert!(v["message"].as_str().unwrap().contains(hint), "{v}");
 }
 
 #[tokio::test]
-async fn untrusted_expired_and_revoked_certificates_are_refused_in_the_handshake() {
+async fn untrusted_expired_and_revoked_certificates_are_refused() {
     let dir = tempdir();
     let ca = ca(dir.path());
     // Revoke one certificate before the daemon starts so the CRL is loaded at startup.
@@ -220,33 +221,22 @@ async fn untrusted_expired_and_revoked_certificates_are_refused_in_the_handshake
         200
     );
 
-    let why = refused(post_login(&d.client_with(&rev_cert, &rev_key), None).await);
-    assert!(why.contains("Revoked"), "{why}");
+    refused_with_401(&d.client_with(&rev_cert, &rev_key), "has been revoked").await;
 
     let mut expired = devcerts::client_params("pcalice");
     expired.not_before = now - time::Duration::days(10);
     expired.not_after = now - time::Duration::days(1);
     let (cert, key) = ca.issue(dir.path(), "expired", expired).unwrap();
-    let why = refused(post_login(&d.client_with(&cert, &key), None).await);
-    assert!(why.contains("Expired"), "{why}");
+    refused_with_401(&d.client_with(&cert, &key), "has expired").await;
 
     // A certificate from another CA.
     let other = tempdir();
     dev_certs(other.path(), &["pcalice"]);
-    let why = refused(
-        post_login(
-            &d.client_with(
-                &other.path().join("pcalice.pem"),
-                &other.path().join("pcalice.key"),
-            ),
-            None,
-        )
-        .await,
+    let foreign = d.client_with(
+        &other.path().join("pcalice.pem"),
+        &other.path().join("pcalice.key"),
     );
-    assert!(
-        why.contains("UnknownCA") || why.contains("BadCertificate"),
-        "{why}"
-    );
+    refused_with_401(&foreign, "not issued by a CA this server trusts").await;
 
     // Each refusal is audited as a failed certificate login with its reason.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -397,4 +387,30 @@ async fn curl_logs_in_with_the_documented_command() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["user"], "pcalice");
     assert_eq!(strings(&v["groups"]), ["pcalice", "pcanalysts", "pcops"]);
+}
+
+#[tokio::test]
+async fn with_client_auth_required_bad_certificates_fail_the_handshake() {
+    let dir = tempdir();
+    let d = Daemon::start(dir.path(), &["ssl.client_auth=required"]);
+    d.dev_certs(&["pcalice"]);
+    assert_eq!(
+        post_login(&d.client(Some("pcalice")), None)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // No certificate at all: no HTTP is served.
+    assert!(post_login(&d.client(None), None).await.is_err());
+    // A certificate from another CA: the handshake is refused.
+    let other = tempdir();
+    dev_certs(other.path(), &["pcalice"]);
+    let foreign = d.client_with(
+        &other.path().join("pcalice.pem"),
+        &other.path().join("pcalice.key"),
+    );
+    assert!(post_login(&foreign, None).await.is_err());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(d.log().contains("certificate_untrusted"), "{}", d.log());
 }

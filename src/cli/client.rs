@@ -169,7 +169,9 @@ impl Client {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| classify_hyper(&e))?;
-        tokio::spawn(conn);
+        // The connection task sees TLS alerts (a refused client certificate arrives
+        // after the TLS 1.3 handshake); keep its result to explain a failed request.
+        let conn = tokio::spawn(conn);
         let authority = if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -196,10 +198,16 @@ impl Client {
         let req = req
             .body(Full::new(payload))
             .map_err(|e| ClientError::Usage(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| classify_hyper(&e))?;
+        let resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                let conn_error = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                return Err(match conn_error {
+                    Ok(Ok(Err(ce))) => classify_hyper(&ce),
+                    _ => classify_hyper(&e),
+                });
+            }
+        };
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
-use super::{AppState, ConnInfo, routes};
+use super::{AppState, ConnInfo, routes, tls};
 use crate::audit;
 
 pub async fn serve(
@@ -105,8 +105,8 @@ async fn connection(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr, 
         return http(state, stream, conn, watcher).await;
     };
     let limit = Duration::from_secs(state.config.system.handshake_timeout);
-    let accepted =
-        tokio::time::timeout(limit, tokio_rustls::TlsAcceptor::from(tls).accept(stream)).await;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let accepted = tokio::time::timeout(limit, acceptor.accept(stream)).await;
     let stream = match accepted {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -120,12 +120,10 @@ async fn connection(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr, 
             return;
         }
     };
-    let peer_cert = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.clone().into_owned());
+    let peer_cert = stream.get_ref().1.peer_certificates().and_then(|chain| {
+        let leaf = chain.first()?.clone().into_owned();
+        Some(tls.check_chain(chain).map(|()| leaf))
+    });
     let conn = Arc::new(ConnInfo { peer, peer_cert });
     http(state, stream, conn, watcher).await
 }
@@ -136,16 +134,15 @@ fn handshake_failed(peer: SocketAddr, e: &std::io::Error) {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_error {
-        Some(rustls::Error::InvalidCertificate(why)) => {
-            let reason = match why {
-                rustls::CertificateError::Expired
-                | rustls::CertificateError::ExpiredContext { .. } => "certificate_expired",
-                rustls::CertificateError::Revoked => "certificate_revoked",
-                rustls::CertificateError::UnknownIssuer => "certificate_untrusted",
-                _ => "certificate_invalid",
-            };
+        Some(err @ rustls::Error::InvalidCertificate(_)) => {
             tracing::warn!(error = %e, "client certificate refused");
-            audit::login(peer, "certificate", None, "rejected", reason);
+            audit::login(
+                peer,
+                "certificate",
+                None,
+                "rejected",
+                tls::rejection(err).reason,
+            );
         }
         _ => tracing::debug!(error = %e, "TLS handshake failed"),
     }

@@ -28,14 +28,15 @@ use crate::session::MemoryStore;
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    pub peer_cert: Option<CertificateDer<'static>>,
+    /// The leaf the client presented: verified, or why it was refused.
+    pub peer_cert: Option<Result<CertificateDer<'static>, tls::CertRejection>>,
 }
 
 pub struct AppState {
     pub config: Arc<Config>,
     pub pipeline: Pipeline,
     /// `None` when `ssl.enabled` is false; swapped whole on SIGHUP.
-    pub tls: Option<ArcSwap<rustls::ServerConfig>>,
+    pub tls: Option<ArcSwap<tls::TlsSetup>>,
 }
 
 /// A startup problem: exit 2 for configuration and files, 1 for the rest.
@@ -69,7 +70,7 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
     let mut problems = Vec::new();
     let tls = if config.ssl.enabled {
         match tls::load(&config.ssl) {
-            Ok(c) => Some(ArcSwap::new(c)),
+            Ok(c) => Some(ArcSwap::from_pointee(c)),
             Err(e) => {
                 problems.push(e.to_string());
                 None
@@ -120,7 +121,7 @@ fn reload(state: &AppState) {
     if let Some(current) = &state.tls {
         match tls::load(&state.config.ssl) {
             Ok(c) => {
-                current.store(c);
+                current.store(Arc::new(c));
                 tracing::info!("reloaded TLS certificates and CRLs");
             }
             Err(e) => {
@@ -145,6 +146,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             .map_err(|e| StartError::Runtime(format!("cannot listen on {addr}: {e}")))?;
         listeners.push(l);
     }
+    // Signal handlers first: a SIGTERM right after "listening" must drain, not kill.
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Runtime(e.to_string()))?;
     let state = Arc::new(build_state(config)?);
     let scheme = if state.tls.is_some() { "https" } else { "http" };
     for l in &listeners {
@@ -156,11 +163,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::info!(%addr, "listening");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut term =
-        signal(SignalKind::terminate()).map_err(|e| StartError::Runtime(e.to_string()))?;
-    let mut int =
-        signal(SignalKind::interrupt()).map_err(|e| StartError::Runtime(e.to_string()))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Runtime(e.to_string()))?;
     let server = tokio::spawn(listener::serve(state.clone(), listeners, stop_rx));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     loop {

@@ -162,7 +162,12 @@ async fn login(
     let credentials = match extract_credentials(&parts.headers, &body, conn) {
         Ok(c) => c,
         Err(e) => {
-            audit::login(conn.peer, "none", None, "bad_request", e.reason());
+            let mechanism = if e.reason().starts_with("certificate_") {
+                "certificate"
+            } else {
+                "none"
+            };
+            state.pipeline.record_refusal(mechanism, &e, &ctx);
             return Err(ApiError::from_auth(e, challenges));
         }
     };
@@ -192,22 +197,33 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    // Beyond the limit, a modest overflow is still read and thrown away so the client
+    // finishes sending and sees the 413; closing on it mid-upload makes the kernel
+    // reset the connection and the client loses the answer.
+    let drain_limit = (limit as u64).max(DRAIN_LIMIT);
+    if declared.is_some_and(|n| n > drain_limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let collect = async {
         // Collected into a zeroizing buffer because it may hold a password.
         let mut out = Zeroizing::new(Vec::new());
+        let mut seen: u64 = 0;
         let mut body = body;
         while let Some(frame) = body.frame().await {
             let frame = frame
                 .map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
             if let Ok(data) = frame.into_data() {
-                if out.len() + data.len() > limit {
-                    return Err(ApiError::PayloadTooLarge { limit });
+                seen += data.len() as u64;
+                if seen > drain_limit {
+                    break;
                 }
-                out.extend_from_slice(&data);
+                if seen <= limit as u64 {
+                    out.extend_from_slice(&data);
+                }
             }
+        }
+        if seen > limit as u64 {
+            return Err(ApiError::PayloadTooLarge { limit });
         }
         Ok(out)
     };
@@ -215,6 +231,9 @@ async fn read_body(
         .await
         .map_err(|_| ApiError::Timeout)?
 }
+
+/// How much of an oversized body is read and discarded before answering 413.
+const DRAIN_LIMIT: u64 = 1 << 20;
 
 fn malformed(reason: &'static str, message: impl Into<String>) -> AuthError {
     AuthError::Malformed {
@@ -283,9 +302,14 @@ fn extract_credentials(
             "wrong_place",
             "send the IdP token as \"Authorization: Bearer <token>\"",
         )),
-        (Some(Mechanism::Certificate), _) | (None, None) => {
-            Ok(conn.peer_cert.clone().map(Credentials::Certificate))
-        }
+        (Some(Mechanism::Certificate), _) | (None, None) => match &conn.peer_cert {
+            None => Ok(None),
+            Some(Ok(cert)) => Ok(Some(Credentials::Certificate(cert.clone()))),
+            Some(Err(rejection)) => Err(AuthError::Rejected {
+                reason: rejection.reason,
+                message: rejection.message.clone(),
+            }),
+        },
         (None, Some(_)) => Err(malformed(
             "missing_field",
             "the body must name a \"mechanism\" or carry \"username\" and \"password\"",

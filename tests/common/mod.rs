@@ -79,9 +79,9 @@ impl Daemon {
                 })
             }
             Err(_) => {
-                let status = child.wait().ok();
+                let status = child.wait().ok().and_then(|s| s.code());
                 let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                Err(format!("exit {status:?}; stderr:\n{log}"))
+                Err(format!("exit code {status:?}; stderr:\n{log}"))
             }
         }
     }
@@ -238,4 +238,53 @@ pub fn openssl(args: &[&str], stdin: &str) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// A TLS connection to the daemon that stays open, for keep-alive, reload and drain tests.
+pub async fn tls_stream(d: &Daemon) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_file(d.ca()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(portcullis::server::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", d.port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+}
+
+impl KeepAlive {
+    pub async fn connect(d: &Daemon) -> KeepAlive {
+        let stream = tls_stream(d).await;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        KeepAlive { sender }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<u16, hyper::Error> {
+        self.sender.ready().await?;
+        let req = hyper::Request::get(path)
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        http_body_util::BodyExt::collect(resp.into_body()).await?;
+        Ok(status)
+    }
 }
