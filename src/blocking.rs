@@ -34,15 +34,35 @@ impl BlockingPool {
         }
     }
 
+    /// Start a long-lived blocking job (a PAM conversation) that reports through its
+    /// own channels; the slot is held until `f` returns.
+    pub async fn spawn<F>(&self, f: F) -> Result<(), PoolError>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let permit = self.acquire().await?;
+        tokio::task::spawn_blocking(move || {
+            f();
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    async fn acquire(&self) -> Result<tokio::sync::OwnedSemaphorePermit, PoolError> {
+        Ok(
+            tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
+                .await
+                .map_err(|_| PoolError::Busy)?
+                .expect("the semaphore is never closed"),
+        )
+    }
+
     pub async fn run<T, F>(&self, f: F) -> Result<T, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let permit = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| PoolError::Busy)?
-            .expect("the semaphore is never closed");
+        let permit = self.acquire().await?;
         tokio::task::spawn_blocking(move || {
             let out = f();
             drop(permit);

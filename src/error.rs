@@ -17,12 +17,14 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Forbidden(String),
+    #[error("the password has expired and must be changed before logging in")]
+    PasswordExpired,
     #[error("too many failed attempts; retry in {retry_after} s")]
     TooManyAttempts { retry_after: u64 },
     #[error("{0}")]
     Unavailable(String),
-    #[error("no such endpoint")]
-    NotFound,
+    #[error("{0}")]
+    NotFound(&'static str),
     #[error("method not allowed; use {allow}")]
     MethodNotAllowed { allow: &'static str },
     #[error("the request body is larger than {limit} bytes")]
@@ -38,10 +40,10 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::PasswordExpired => StatusCode::FORBIDDEN,
             ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
@@ -57,9 +59,10 @@ impl ApiError {
             }
             ApiError::Unauthorized { .. } => "authentication_failed",
             ApiError::Forbidden(_) => "account_unavailable",
+            ApiError::PasswordExpired => "password_expired",
             ApiError::TooManyAttempts { .. } => "too_many_attempts",
             ApiError::Unavailable(_) => "dependency_unavailable",
-            ApiError::NotFound => "not_found",
+            ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Internal => "internal_error",
         }
@@ -75,6 +78,8 @@ impl ApiError {
             AuthError::AccountUnavailable { message, .. } => ApiError::Forbidden(message),
             AuthError::TooManyAttempts { retry_after } => ApiError::TooManyAttempts { retry_after },
             AuthError::Unavailable { message, .. } => ApiError::Unavailable(message),
+            AuthError::PasswordExpired => ApiError::PasswordExpired,
+            AuthError::UnknownConversation => ApiError::NotFound("unknown or expired conversation"),
         }
     }
 

@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod session;
+pub mod throttle;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use portcullis::cli::{self, Command};
-use portcullis::config::{self, LogFormat};
+use portcullis::config::{self, LogFormat, Mechanism};
 use portcullis::server::{self, StartError};
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -82,18 +82,28 @@ fn print_dev_banner(cfg: &config::Config, created: bool) {
     );
     println!("  URL:    {url}");
     println!("  CA:     {}", dir.join("ca.pem").display());
-    println!("  log in with a client certificate for a local user:");
+    let d = dir.display();
+    let ca = format!("{d}/ca.pem");
+    if cfg.security.mechanisms.contains(&Mechanism::Password) {
+        println!(
+            "  log in with a local user's password (PAM service {}):",
+            cfg.security.pam_service
+        );
+        println!("    curl --cacert {ca} -u {user} -X POST {url}/v1/login");
+        println!("    portcullis login --server {url} --ca {ca} --user {user}");
+    } else {
+        println!(
+            "  password logins are off: /etc/pam.d/{} is missing (copy pam.d/portcullis there)",
+            cfg.security.pam_service
+        );
+    }
+    println!("  log in with a client certificate:");
+    println!("    portcullis dev-certs --dir {d} --user {user}");
     println!(
-        "    portcullis dev-certs --dir {} --user {user}",
-        dir.display()
+        "    curl --cacert {ca} --cert {d}/{user}.pem --key {d}/{user}.key -X POST {url}/v1/login"
     );
     println!(
-        "    curl --cacert {d}/ca.pem --cert {d}/{user}.pem --key {d}/{user}.key -X POST {url}/v1/login",
-        d = dir.display()
-    );
-    println!(
-        "    portcullis login --server {url} --ca {d}/ca.pem --cert {d}/{user}.pem --key {d}/{user}.key",
-        d = dir.display()
+        "    portcullis login --server {url} --ca {ca} --cert {d}/{user}.pem --key {d}/{user}.key"
     );
 }
 

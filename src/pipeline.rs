@@ -71,8 +71,18 @@ impl Pipeline {
         let mechanism = credentials
             .as_ref()
             .map_or("none", |c| c.mechanism().as_str());
+        // The name a password login claims is audited even when the login fails.
+        let claimed = match &credentials {
+            Some(Credentials::Password { username, .. })
+                if crate::auth::valid_username(username) =>
+            {
+                Some(username.clone())
+            }
+            _ => None,
+        };
         let span = tracing::info_span!("login", mechanism, peer = %ctx.peer);
         let (result, user) = self.run(credentials, ctx).instrument(span).await;
+        let user = user.or(claimed);
         let (outcome, reason) = match &result {
             Ok(LoginResult::Session { .. }) => ("success", "ok"),
             Ok(LoginResult::Challenge(_)) => ("challenge", "more_input_needed"),
@@ -181,8 +191,9 @@ fn outcome_of(e: &AuthError) -> &'static str {
     match e {
         AuthError::Malformed { .. } => "bad_request",
         AuthError::Rejected { .. } => "rejected",
-        AuthError::AccountUnavailable { .. } => "account_unavailable",
+        AuthError::AccountUnavailable { .. } | AuthError::PasswordExpired => "account_unavailable",
         AuthError::TooManyAttempts { .. } => "throttled",
         AuthError::Unavailable { .. } => "unavailable",
+        AuthError::UnknownConversation => "rejected",
     }
 }

@@ -208,7 +208,7 @@ async fn health_methods_and_metrics() {
         .request(hyper::Method::GET, "/v1/auth/methods", &[], None)
         .await
         .unwrap();
-    assert_eq!(r.json()["mechanisms"], json!(["certificate"]));
+    assert_eq!(r.json()["mechanisms"], json!(["password", "certificate"]));
     post_login(&d.client(Some("pcalice")), None).await.unwrap();
     post_login(&c, None).await.unwrap();
     let r = c

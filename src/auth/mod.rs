@@ -6,6 +6,8 @@
 //! dependency (503) — so a down KDC can never look like a wrong password.
 
 pub mod certificate;
+pub mod password;
+pub mod shadow;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,12 +56,17 @@ pub enum Credentials {
     Bearer(Secret),
     /// The leaf certificate rustls already verified against `ssl.client_ca_file`.
     Certificate(CertificateDer<'static>),
+    /// Answers to a PAM conversation's prompts (`POST /v1/login/{conversation}`).
+    Continue {
+        conversation: String,
+        answers: Vec<Secret>,
+    },
 }
 
 impl Credentials {
     pub fn mechanism(&self) -> Mechanism {
         match self {
-            Credentials::Password { .. } => Mechanism::Password,
+            Credentials::Password { .. } | Credentials::Continue { .. } => Mechanism::Password,
             Credentials::Negotiate(_) => Mechanism::Kerberos,
             Credentials::Bearer(_) => Mechanism::Oidc,
             Credentials::Certificate(_) => Mechanism::Certificate,
@@ -71,6 +78,9 @@ impl Credentials {
 #[derive(Debug, Clone)]
 pub struct LoginContext {
     pub peer: SocketAddr,
+    /// Hash of the peer address and client certificate: a PAM conversation may only
+    /// be continued by the client that started it.
+    pub binding: [u8; 32],
 }
 
 /// Who the client proved to be.
@@ -136,6 +146,12 @@ pub enum AuthError {
     /// Too many failures for this user or address (429).
     #[error("too many failed attempts; retry in {retry_after} s")]
     TooManyAttempts { retry_after: u64 },
+    /// Right password, but PAM demands a new one first (PAM_NEW_AUTHTOK_REQD, 403).
+    #[error("the password has expired and must be changed before logging in")]
+    PasswordExpired,
+    /// No live conversation with this id for this client (404).
+    #[error("unknown or expired conversation")]
+    UnknownConversation,
     /// A dependency (IdP, KDC, NSS source, the blocking pool) is down or saturated (503).
     #[error("{message}")]
     Unavailable {
@@ -152,6 +168,8 @@ impl AuthError {
             | AuthError::AccountUnavailable { reason, .. }
             | AuthError::Unavailable { reason, .. } => reason,
             AuthError::TooManyAttempts { .. } => "throttled",
+            AuthError::PasswordExpired => "password_expired",
+            AuthError::UnknownConversation => "unknown_conversation",
         }
     }
 

@@ -46,6 +46,7 @@ pub struct Client {
     port: u16,
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     timeout: Duration,
+    local: Option<std::net::IpAddr>,
 }
 
 impl Client {
@@ -105,7 +106,31 @@ impl Client {
             port,
             tls,
             timeout: Duration::from_secs(30),
+            local: None,
         })
+    }
+
+    /// Connect from this local address (tests use 127.0.0.x to act as other hosts).
+    pub fn bind_local(mut self, ip: std::net::IpAddr) -> Self {
+        self.local = Some(ip);
+        self
+    }
+
+    async fn connect(&self) -> std::io::Result<TcpStream> {
+        let Some(local) = self.local else {
+            return TcpStream::connect((self.host.as_str(), self.port)).await;
+        };
+        let remote = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let socket = if local.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        socket.connect(remote).await
     }
 
     pub async fn request(
@@ -135,14 +160,12 @@ impl Client {
         headers: &[(&str, &str)],
         body: Option<&serde_json::Value>,
     ) -> Result<Reply, ClientError> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| {
-                ClientError::Unreachable(format!(
-                    "cannot connect to {}:{}: {e}",
-                    self.host, self.port
-                ))
-            })?;
+        let tcp = self.connect().await.map_err(|e| {
+            ClientError::Unreachable(format!(
+                "cannot connect to {}:{}: {e}",
+                self.host, self.port
+            ))
+        })?;
         match &self.tls {
             Some((config, name)) => {
                 let stream = tokio_rustls::TlsConnector::from(config.clone())

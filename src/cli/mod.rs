@@ -75,9 +75,16 @@ pub struct ClientArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("how").required(true).args(["user", "cert"])))]
 pub struct LoginArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Password login through the server's PAM conversation
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Read the password (and any further answers, one per line) from standard input
+    #[arg(long, requires = "user")]
+    pub password_stdin: bool,
     /// Client certificate (PEM) whose subject carries UID=<user>
     #[arg(long, value_name = "FILE", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -267,21 +274,20 @@ fn print_session(v: &Value, json: bool) {
 pub async fn login(args: &LoginArgs) -> ExitCode {
     let server = server_url(&args.client, None);
     let identity = args.cert.as_deref().zip(args.key.as_deref());
-    if identity.is_none() {
-        eprintln!(
-            "portcullis login: give --cert FILE --key FILE (other mechanisms are not available in this build yet)"
-        );
-        return ExitCode::from(EXIT_USAGE);
-    }
     let client = match Client::new(&server, args.client.ca.as_deref(), identity) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let body = serde_json::json!({"mechanism": "certificate"});
-    let reply = match client
-        .request(Method::POST, "/v1/login", &[], Some(&body))
-        .await
-    {
+    let reply = match &args.user {
+        Some(user) => password_login(&client, user, args.password_stdin).await,
+        None => {
+            let body = serde_json::json!({"mechanism": "certificate"});
+            client
+                .request(Method::POST, "/v1/login", &[], Some(&body))
+                .await
+        }
+    };
+    let reply = match reply {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
@@ -305,6 +311,84 @@ pub async fn login(args: &LoginArgs) -> ExitCode {
     }
     print_session(&v, args.client.json);
     ExitCode::SUCCESS
+}
+
+/// Where answers come from: the terminal (hidden when PAM says so) or stdin lines.
+struct Answers {
+    stdin: Option<std::io::Lines<std::io::StdinLock<'static>>>,
+}
+
+impl Answers {
+    fn read(
+        &mut self,
+        prompt: &str,
+        hidden: bool,
+    ) -> Result<zeroize::Zeroizing<String>, ClientError> {
+        let line = match &mut self.stdin {
+            Some(lines) => lines
+                .next()
+                .ok_or_else(|| {
+                    ClientError::Usage(format!(
+                        "standard input ended before \"{}\" was answered",
+                        prompt.trim()
+                    ))
+                })?
+                .map_err(|e| ClientError::Usage(e.to_string()))?,
+            None if hidden => rpassword::prompt_password(prompt).map_err(|e| {
+                ClientError::Usage(format!(
+                    "cannot read from the terminal ({e}); use --password-stdin"
+                ))
+            })?,
+            None => {
+                eprint!("{prompt}");
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_line(&mut s)
+                    .map_err(|e| ClientError::Usage(e.to_string()))?;
+                s.trim_end_matches(['\r', '\n']).to_string()
+            }
+        };
+        Ok(zeroize::Zeroizing::new(line))
+    }
+}
+
+/// A password login, answering every further PAM prompt the server relays.
+async fn password_login(
+    client: &Client,
+    user: &str,
+    from_stdin: bool,
+) -> Result<Reply, ClientError> {
+    let mut answers = Answers {
+        stdin: from_stdin.then(|| std::io::stdin().lines()),
+    };
+    let password = answers.read(&format!("Password for {user}: "), true)?;
+    let body =
+        serde_json::json!({"mechanism": "password", "username": user, "password": *password});
+    drop(password);
+    let mut reply = client
+        .request(Method::POST, "/v1/login", &[], Some(&body))
+        .await?;
+    drop(body);
+    loop {
+        let v = reply.json();
+        let (401, Some(id)) = (reply.status, v["conversation"].as_str()) else {
+            return Ok(reply);
+        };
+        let mut answer = None;
+        for p in v["prompts"].as_array().into_iter().flatten() {
+            let text = p["text"].as_str().unwrap_or_default();
+            match p["style"].as_str() {
+                Some("echo_off") => answer = Some(answers.read(text, true)?),
+                Some("echo_on") => answer = Some(answers.read(text, false)?),
+                _ => eprintln!("{text}"),
+            }
+        }
+        let answer = answer.unwrap_or_default();
+        let body = serde_json::json!({"answers": [*answer]});
+        reply = client
+            .request(Method::POST, &format!("/v1/login/{id}"), &[], Some(&body))
+            .await?;
+    }
 }
 
 fn stored_token() -> Result<(Value, String), ExitCode> {

@@ -50,6 +50,7 @@ pub static KEYS: &[KeyDef] = &[
     key("system.state_dir", Kind::Str, r#""/var/lib/portcullis""#),
     key("system.max_connections", Kind::UInt, "10000"),
     key("system.blocking_threads", Kind::UInt, "null"),
+    key("system.blocking_queue_timeout", Kind::UInt, "5"),
     // Not in SPEC §3: the bounds every network daemon needs (README lists them).
     key("system.handshake_timeout", Kind::UInt, "10"),
     key("system.request_timeout", Kind::UInt, "30"),

@@ -19,7 +19,7 @@ pub const DEV_STATE_DIR: &str = "var/portcullis";
 
 /// Mechanisms this build can serve. The rest of SPEC §5 is parsed and validated but
 /// refused at startup until its authenticator lands.
-pub const AVAILABLE_MECHANISMS: &[Mechanism] = &[Mechanism::Certificate];
+pub const AVAILABLE_MECHANISMS: &[Mechanism] = &[Mechanism::Password, Mechanism::Certificate];
 
 /// One `-c FILE` or `-D key=value`, in command-line order.
 #[derive(Debug, Clone)]
@@ -99,6 +99,7 @@ pub struct System {
     pub state_dir: PathBuf,
     pub max_connections: usize,
     pub blocking_threads: usize,
+    pub blocking_queue_timeout: u64,
     pub handshake_timeout: u64,
     pub request_timeout: u64,
     pub max_header_bytes: usize,
@@ -460,7 +461,12 @@ fn derive_defaults(eff: &mut BTreeMap<String, Value>, dev: bool) {
     if eff["security.mechanisms"].is_null() {
         let client_auth = eff["ssl.client_auth"].as_str().unwrap_or("none");
         let tls = eff["ssl.enabled"].as_bool().unwrap_or(true);
-        let mut wanted = vec![Mechanism::Password];
+        let service = eff["security.pam_service"].as_str().unwrap_or_default();
+        let mut wanted = Vec::new();
+        // Password logins are on by default only where their PAM service is installed.
+        if pam_service_installed(service) {
+            wanted.push(Mechanism::Password);
+        }
         if tls && client_auth != "none" {
             wanted.push(Mechanism::Certificate);
         }
@@ -477,6 +483,17 @@ fn derive_defaults(eff: &mut BTreeMap<String, Value>, dev: bool) {
             .collect();
         eff.insert("security.mechanisms".into(), Value::Array(list));
     }
+}
+
+/// Whether PAM has a configuration for `service`; without one PAM silently uses the
+/// "other" service, which on Debian denies everything.
+pub fn pam_service_installed(service: &str) -> bool {
+    // Linux-PAM ignores /etc/pam.conf whenever /etc/pam.d exists.
+    let pam_d = Path::new("/etc/pam.d");
+    !service.is_empty()
+        && !service.contains('/')
+        && (pam_d.join(service).exists()
+            || (!pam_d.is_dir() && Path::new("/etc/pam.conf").exists()))
 }
 
 fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> Option<Config> {
@@ -573,6 +590,19 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
             errors.push("the certificate mechanism needs \"ssl.client_ca_file\" and \"ssl.client_auth\" optional or required".into());
         }
     }
+    if mechanisms.contains(&Mechanism::Password) {
+        let service = s("security.pam_service").unwrap_or_default();
+        if service.is_empty() || service.contains('/') || service.starts_with('.') {
+            errors.push(format!(
+                "\"security.pam_service\": \"{service}\" is not a PAM service name"
+            ));
+        } else if !pam_service_installed(&service) {
+            // Without its file PAM silently falls back to the "other" service.
+            errors.push(format!(
+                "\"security.pam_service\": /etc/pam.d/{service} does not exist (install pam.d/portcullis there)"
+            ));
+        }
+    }
     if mechanisms.contains(&Mechanism::Kerberos) && !b("security.use_kerberos") {
         errors.push(
             "\"security.mechanisms\" lists kerberos but \"security.use_kerberos\" is false".into(),
@@ -611,6 +641,7 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
             state_dir: path("system.state_dir").unwrap_or_default(),
             max_connections: u("system.max_connections") as usize,
             blocking_threads: u("system.blocking_threads") as usize,
+            blocking_queue_timeout: u("system.blocking_queue_timeout"),
             handshake_timeout: u("system.handshake_timeout"),
             request_timeout: u("system.request_timeout"),
             max_header_bytes: u("system.max_header_bytes") as usize,
@@ -811,9 +842,27 @@ mod tests {
     fn derived_defaults_follow_the_client_ca() {
         let dir = tempfile::tempdir().unwrap();
         let a = write(dir.path(), "a.json", BASE);
-        let l = load(&[a], false).unwrap();
+        let l = load(
+            &[a.clone(), d("security.pam_service=no-such-service-pc")],
+            false,
+        )
+        .unwrap();
         assert_eq!(l.config.ssl.client_auth, ClientAuth::Optional);
         assert_eq!(l.config.security.mechanisms, vec![Mechanism::Certificate]);
+        let err = load(
+            &[
+                a,
+                d("security.pam_service=no-such-service-pc"),
+                d("security.mechanisms=password"),
+            ],
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("/etc/pam.d/no-such-service-pc does not exist"),
+            "{err}"
+        );
         assert!(l.config.system.blocking_threads >= 2);
     }
 

@@ -98,10 +98,7 @@ async fn accept_loop(
 
 async fn connection(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
     let Some(tls) = state.tls.as_ref().map(|t| t.load_full()) else {
-        let conn = Arc::new(ConnInfo {
-            peer,
-            peer_cert: None,
-        });
+        let conn = Arc::new(ConnInfo::new(peer, None, None));
         return http(state, stream, conn, watcher).await;
     };
     let limit = Duration::from_secs(state.config.system.handshake_timeout);
@@ -120,11 +117,12 @@ async fn connection(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr, 
             return;
         }
     };
-    let peer_cert = stream.get_ref().1.peer_certificates().and_then(|chain| {
-        let leaf = chain.first()?.clone().into_owned();
-        Some(tls.check_chain(chain).map(|()| leaf))
-    });
-    let conn = Arc::new(ConnInfo { peer, peer_cert });
+    let chain = stream.get_ref().1.peer_certificates();
+    let leaf = chain.and_then(|c| c.first());
+    let peer_cert = chain
+        .zip(leaf)
+        .map(|(chain, leaf)| tls.check_chain(chain).map(|()| leaf.clone().into_owned()));
+    let conn = Arc::new(ConnInfo::new(peer, leaf.map(|l| l.as_ref()), peer_cert));
     http(state, stream, conn, watcher).await
 }
 

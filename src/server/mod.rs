@@ -16,6 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::auth::Authenticator;
 use crate::auth::certificate::CertificateAuthenticator;
+use crate::auth::password::PasswordAuthenticator;
 use crate::blocking::BlockingPool;
 use crate::config::{Config, Mechanism};
 use crate::directory::Directory;
@@ -23,6 +24,7 @@ use crate::labels::LabelMap;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::session::MemoryStore;
+use crate::throttle::Throttle;
 
 /// What a connection knows about its peer, fixed at handshake time.
 #[derive(Debug)]
@@ -30,6 +32,27 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The leaf the client presented: verified, or why it was refused.
     pub peer_cert: Option<Result<CertificateDer<'static>, tls::CertRejection>>,
+    /// The client's "TLS identity": its address and certificate, hashed.
+    pub binding: [u8; 32],
+}
+
+impl ConnInfo {
+    pub fn new(
+        peer: SocketAddr,
+        leaf: Option<&[u8]>,
+        peer_cert: Option<Result<CertificateDer<'static>, tls::CertRejection>>,
+    ) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(peer.ip().to_string().as_bytes());
+        h.update([0]);
+        h.update(leaf.unwrap_or_default());
+        ConnInfo {
+            peer,
+            peer_cert,
+            binding: h.finalize().into(),
+        }
+    }
 }
 
 pub struct AppState {
@@ -48,18 +71,26 @@ pub enum StartError {
     Runtime(String),
 }
 
-fn authenticators(config: &Config) -> Vec<Box<dyn Authenticator>> {
-    config
-        .security
-        .mechanisms
+fn authenticators(config: &Config, pool: &BlockingPool) -> Vec<Box<dyn Authenticator>> {
+    let sec = &config.security;
+    sec.mechanisms
         .iter()
         .filter_map(|m| -> Option<Box<dyn Authenticator>> {
             match m {
-                Mechanism::Certificate => Some(Box::new(CertificateAuthenticator::new(
-                    config.security.pki_user_field,
+                Mechanism::Certificate => {
+                    Some(Box::new(CertificateAuthenticator::new(sec.pki_user_field)))
+                }
+                Mechanism::Password => Some(Box::new(PasswordAuthenticator::new(
+                    sec.pam_service.clone(),
+                    pool.clone(),
+                    Throttle::new(
+                        sec.max_failed_attempts,
+                        Duration::from_secs(sec.failed_attempt_window),
+                    ),
+                    Duration::from_secs(sec.pam_conversation_timeout.max(1)),
                 ))),
                 // Refused at config load until their authenticators exist.
-                Mechanism::Password | Mechanism::Kerberos | Mechanism::Oidc => None,
+                Mechanism::Kerberos | Mechanism::Oidc => None,
             }
         })
         .collect()
@@ -89,11 +120,15 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
     if !problems.is_empty() {
         return Err(StartError::Config(problems.join("\n")));
     }
-    let pool = BlockingPool::new(config.system.blocking_threads, Duration::from_secs(5));
+    let pool = BlockingPool::new(
+        config.system.blocking_threads,
+        Duration::from_secs(config.system.blocking_queue_timeout),
+    );
+    let authenticators = authenticators(&config, &pool);
     let directory = Directory::new(pool, Duration::from_secs(config.security.group_cache_ttl));
     let idle = Duration::from_secs(config.security.session_idle_timeout);
     let pipeline = Pipeline::new(
-        authenticators(&config),
+        authenticators,
         directory,
         labels,
         Arc::new(MemoryStore::new(Some(idle))),

@@ -46,8 +46,11 @@ pub async fn handle(
         ("/v1/session", _) => Err(ApiError::MethodNotAllowed {
             allow: "GET, DELETE",
         }),
-        (p, &Method::POST) if p.starts_with("/v1/login/") => Err(ApiError::NotFound),
-        _ => Err(ApiError::NotFound),
+        (p, &Method::POST) if p.starts_with("/v1/login/") => {
+            let id = p["/v1/login/".len()..].to_string();
+            login_continue(&state, &conn, req, id).await
+        }
+        _ => Err(ApiError::NotFound("no such endpoint")),
     };
     result.unwrap_or_else(|e| error_response(&e))
 }
@@ -157,7 +160,10 @@ async fn login(
         Duration::from_secs(limits.request_timeout),
     )
     .await?;
-    let ctx = LoginContext { peer: conn.peer };
+    let ctx = LoginContext {
+        peer: conn.peer,
+        binding: conn.binding,
+    };
     let challenges = login_challenges(state);
     let credentials = match extract_credentials(&parts.headers, &body, conn) {
         Ok(c) => c,
@@ -172,19 +178,83 @@ async fn login(
         }
     };
     drop(body);
-    match state.pipeline.login(credentials, &ctx).await {
+    login_answer(state.pipeline.login(credentials, &ctx).await, challenges)
+}
+
+fn login_answer(
+    result: Result<LoginResult, AuthError>,
+    challenges: Vec<String>,
+) -> Result<Response<Body>, ApiError> {
+    match result {
         Ok(LoginResult::Session { token, session }) => {
             let mut v = session_json(&session);
             v["session"] = Value::String(token.text.to_string());
             v["token_type"] = Value::String("Bearer".into());
             Ok(json_response(StatusCode::OK, &v))
         }
-        Ok(LoginResult::Challenge(c)) => Ok(json_response(
-            StatusCode::UNAUTHORIZED,
-            &json!({"conversation": c.conversation, "prompts": c.prompts}),
-        )),
+        Ok(LoginResult::Challenge(c)) => {
+            let mut resp = json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({"conversation": c.conversation, "prompts": c.prompts}),
+            );
+            for scheme in challenges {
+                if let Ok(v) = HeaderValue::from_str(&scheme) {
+                    resp.headers_mut().append(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            Ok(resp)
+        }
         Err(e) => Err(ApiError::from_auth(e, challenges)),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswersBody {
+    answers: Vec<Zeroizing<String>>,
+}
+
+/// `POST /v1/login/{conversation}`: the next answers of a PAM conversation.
+async fn login_continue(
+    state: &AppState,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    conversation: String,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let limits = &state.config.system;
+    let body = read_body(
+        body,
+        &parts.headers,
+        limits.max_body_bytes,
+        Duration::from_secs(limits.request_timeout),
+    )
+    .await?;
+    let ctx = LoginContext {
+        peer: conn.peer,
+        binding: conn.binding,
+    };
+    if conversation.is_empty()
+        || conversation.len() > 64
+        || !conversation
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::NotFound("unknown or expired conversation"));
+    }
+    let answers: AnswersBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!("the body must be {{\"answers\": [\"…\"]}}: {e}"))
+    })?;
+    drop(body);
+    let credentials = Credentials::Continue {
+        conversation,
+        answers: answers.answers.into_iter().map(Secret::from).collect(),
+    };
+    let challenges = login_challenges(state);
+    login_answer(
+        state.pipeline.login(Some(credentials), &ctx).await,
+        challenges,
+    )
 }
 
 async fn read_body(
@@ -466,10 +536,7 @@ mod tests {
     use super::*;
 
     fn conn() -> ConnInfo {
-        ConnInfo {
-            peer: "127.0.0.1:1".parse().unwrap(),
-            peer_cert: None,
-        }
+        ConnInfo::new("127.0.0.1:1".parse().unwrap(), None, None)
     }
 
     #[test]
