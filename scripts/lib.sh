@@ -66,7 +66,7 @@ pc_need_root() {
     # sudo resets the environment; pass what the scripts use explicitly
     # (as arguments to env, which no sudoers policy forbids).
     local -a keep=(PC_REEXECED=1)
-    for var in CI DESTDIR CARGO_TERM_COLOR RUST_LOG RUST_BACKTRACE; do
+    for var in CI DESTDIR CARGO_TERM_COLOR RUST_LOG RUST_BACKTRACE PORTCULLIS_KEEP_KDC; do
         if [[ -n "${!var+set}" ]]; then keep+=("$var=${!var}"); fi
     done
     pc_info "not root; re-running through sudo: $self $*"

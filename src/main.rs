@@ -32,13 +32,26 @@ fn serve(args: &cli::ConfigArgs, sources: Vec<config::Source>) -> ExitCode {
     };
     let cfg = loaded.config;
     init_logging(cfg.log.format, &cfg.log.level);
+    let mut dev_created = None;
     if cfg.dev {
         match portcullis::devcerts::ensure_server(&cfg.system.state_dir, &cfg.system.hostname) {
-            Ok((_, created)) => print_dev_banner(&cfg, created),
+            Ok((_, created)) => dev_created = Some(created),
             Err(e) => {
                 eprintln!("portcullis: cannot prepare dev certificates: {e}");
                 return ExitCode::from(cli::EXIT_USAGE);
             }
+        }
+    }
+    if cfg.security.mechanisms.contains(&Mechanism::Kerberos) {
+        // SAFETY: no other thread exists yet; the runtime is built below.
+        if let Err(e) = unsafe {
+            portcullis::auth::kerberos::prepare_process_env(
+                &cfg.security.krb_keytab,
+                Some(&cfg.system.state_dir),
+            )
+        } {
+            eprintln!("portcullis: {e}");
+            return ExitCode::from(cli::EXIT_USAGE);
         }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -51,7 +64,13 @@ fn serve(args: &cli::ConfigArgs, sources: Vec<config::Source>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server::run(cfg)) {
+    let banner_cfg = cfg.clone();
+    let on_ready = move |bound: &[std::net::SocketAddr]| {
+        if let Some(created) = dev_created {
+            print_dev_banner(&banner_cfg, created, bound[0]);
+        }
+    };
+    match runtime.block_on(server::run(cfg, on_ready)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(StartError::Config(e)) => {
             eprintln!("portcullis: {e}");
@@ -64,9 +83,8 @@ fn serve(args: &cli::ConfigArgs, sources: Vec<config::Source>) -> ExitCode {
     }
 }
 
-fn print_dev_banner(cfg: &config::Config, created: bool) {
+fn print_dev_banner(cfg: &config::Config, created: bool, addr: std::net::SocketAddr) {
     let dir = &cfg.system.state_dir;
-    let addr = cfg.system.listen[0];
     let url = format!("https://{addr}");
     let user = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
@@ -95,6 +113,19 @@ fn print_dev_banner(cfg: &config::Config, created: bool) {
         println!(
             "  password logins are off: /etc/pam.d/{} is missing (copy pam.d/portcullis there)",
             cfg.security.pam_service
+        );
+    }
+    if cfg.security.mechanisms.contains(&Mechanism::Kerberos) {
+        println!(
+            "  log in with a Kerberos ticket (after kinit; the service principal is HTTP/<host>):"
+        );
+        println!(
+            "    curl --negotiate -u : --cacert {ca} -X POST https://localhost:{}/v1/login",
+            addr.port()
+        );
+        println!(
+            "    portcullis login --kerberos --server https://localhost:{} --ca {ca}",
+            addr.port()
         );
     }
     println!("  log in with a client certificate:");

@@ -20,7 +20,12 @@ use crate::metrics::Metrics;
 use crate::session::{Session, SessionInfo, SessionStore, Token};
 
 pub enum LoginResult {
-    Session { token: Token, session: Session },
+    Session {
+        token: Token,
+        session: Session,
+        /// For the client to authenticate the server (Kerberos mutual auth).
+        response_token: Option<Vec<u8>>,
+    },
     Challenge(Challenge),
 }
 
@@ -175,7 +180,11 @@ impl Pipeline {
             labels,
         });
         let (token, session) = self.sessions.create(info, self.session_ttl);
-        Ok(LoginResult::Session { token, session })
+        Ok(LoginResult::Session {
+            token,
+            session,
+            response_token: identity.response_token,
+        })
     }
 
     fn enabled_list(&self) -> String {

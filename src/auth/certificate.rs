@@ -119,6 +119,7 @@ impl Authenticator for CertificateAuthenticator {
                 user,
                 mechanism: Mechanism::Certificate,
                 groups: None,
+                response_token: None,
             }))
         })
     }

@@ -6,6 +6,7 @@
 //! dependency (503) — so a down KDC can never look like a wrong password.
 
 pub mod certificate;
+pub mod kerberos;
 pub mod password;
 pub mod shadow;
 
@@ -90,6 +91,8 @@ pub struct Identity {
     pub mechanism: Mechanism,
     /// Groups the mechanism itself vouches for (OIDC claims); `None` means ask NSS.
     pub groups: Option<Vec<String>>,
+    /// A token for the client to verify the server (Kerberos mutual authentication).
+    pub response_token: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -214,6 +214,7 @@ impl PasswordAuthenticator {
                     user: name,
                     mechanism: Mechanism::Password,
                     groups: None,
+                    response_token: None,
                 }));
             }
             Err(_) if o.locked => AuthError::AccountUnavailable {

@@ -110,6 +110,10 @@ impl Client {
         })
     }
 
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// Connect from this local address (tests use 127.0.0.x to act as other hosts).
     pub fn bind_local(mut self, ip: std::net::IpAddr) -> Self {
         self.local = Some(ip);

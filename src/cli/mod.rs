@@ -4,6 +4,7 @@
 //! 3 server unreachable or unavailable.
 
 pub mod client;
+pub mod kerberos;
 pub mod session_file;
 
 use std::io::Write;
@@ -75,7 +76,7 @@ pub struct ClientArgs {
 }
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("how").required(true).args(["user", "cert"])))]
+#[command(group(clap::ArgGroup::new("how").required(true).args(["user", "cert", "kerberos"])))]
 pub struct LoginArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -85,6 +86,15 @@ pub struct LoginArgs {
     /// Read the password (and any further answers, one per line) from standard input
     #[arg(long, requires = "user")]
     pub password_stdin: bool,
+    /// Kerberos: a ticket from the credential cache (KRB5CCNAME) for HTTP/<server host>
+    #[arg(long)]
+    pub kerberos: bool,
+    /// Service principal to ask a ticket for (default HTTP/<host of --server>)
+    #[arg(long, value_name = "PRINCIPAL", requires = "kerberos")]
+    pub spn: Option<String>,
+    /// GSSAPI mechanism for --kerberos
+    #[arg(long, value_enum, default_value = "spnego", requires = "kerberos")]
+    pub kerberos_mech: kerberos::KrbMech,
     /// Client certificate (PEM) whose subject carries UID=<user>
     #[arg(long, value_name = "FILE", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -149,6 +159,21 @@ pub fn check_config(args: &ConfigArgs, sources: Vec<Source>) -> ExitCode {
                 &loaded.config.security.default_labels,
             ) {
                 problems.push(e.to_string());
+            }
+            let sec = &loaded.config.security;
+            if sec.mechanisms.contains(&config::Mechanism::Kerberos) {
+                // SAFETY: check-config is single-threaded.
+                let checked =
+                    unsafe { crate::auth::kerberos::prepare_process_env(&sec.krb_keytab, None) }
+                        .and_then(|()| {
+                            crate::auth::kerberos::check_acceptor(
+                                &sec.krb_keytab,
+                                sec.server_krb_principal.as_deref(),
+                            )
+                        });
+                if let Err(e) = checked {
+                    problems.push(e);
+                }
             }
             // In dev mode the certificates are created at first start, so absent is fine.
             let dev_certs_pending = dev
@@ -280,6 +305,41 @@ pub async fn login(args: &LoginArgs) -> ExitCode {
     };
     let reply = match &args.user {
         Some(user) => password_login(&client, user, args.password_stdin).await,
+        None if args.kerberos => {
+            let spn = args
+                .spn
+                .clone()
+                .unwrap_or_else(|| format!("HTTP/{}", client.host()));
+            let initiator = match kerberos::initiate(&spn, args.kerberos_mech) {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    return ExitCode::from(EXIT_REFUSED);
+                }
+            };
+            let header = initiator.header();
+            let reply = client
+                .request(
+                    Method::POST,
+                    "/v1/login",
+                    &[("authorization", &header)],
+                    None,
+                )
+                .await;
+            if let Ok(r) = &reply
+                && r.status == 200
+            {
+                let answer = r
+                    .headers
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok());
+                if let Err(e) = initiator.verify_server(answer) {
+                    eprintln!("portcullis: {e}; the session was not stored");
+                    return ExitCode::from(EXIT_UNAVAILABLE);
+                }
+            }
+            reply
+        }
         None => {
             let body = serde_json::json!({"mechanism": "certificate"});
             client

@@ -74,6 +74,8 @@ pub static KEYS: &[KeyDef] = &[
     key("security.server_krb_principal", Kind::Str, "null"),
     key("security.krb_keytab", Kind::Str, "null"),
     key("security.krb_realms", Kind::StrList, "[]"),
+    // Not in SPEC §3: lets `user/instance@REALM` log in as `user` (off by default).
+    key("security.krb_allow_instances", Kind::Bool, "false"),
     key(
         "security.pki_user_field",
         Kind::Enum(&["uid", "cn", "email"]),

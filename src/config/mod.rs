@@ -19,7 +19,11 @@ pub const DEV_STATE_DIR: &str = "var/portcullis";
 
 /// Mechanisms this build can serve. The rest of SPEC §5 is parsed and validated but
 /// refused at startup until its authenticator lands.
-pub const AVAILABLE_MECHANISMS: &[Mechanism] = &[Mechanism::Password, Mechanism::Certificate];
+pub const AVAILABLE_MECHANISMS: &[Mechanism] = &[
+    Mechanism::Password,
+    Mechanism::Kerberos,
+    Mechanism::Certificate,
+];
 
 /// One `-c FILE` or `-D key=value`, in command-line order.
 #[derive(Debug, Clone)]
@@ -127,6 +131,7 @@ pub struct Security {
     pub server_krb_principal: Option<String>,
     pub krb_keytab: String,
     pub krb_realms: Vec<String>,
+    pub krb_allow_instances: bool,
     pub pki_user_field: PkiUserField,
     pub session_ttl: u64,
     pub session_idle_timeout: u64,
@@ -458,6 +463,17 @@ fn derive_defaults(eff: &mut BTreeMap<String, Value>, dev: bool) {
     let keytab = std::env::var("KRB5_KTNAME")
         .unwrap_or_else(|_| "FILE:/etc/portcullis/portcullis.keytab".into());
     set_if_null(eff, "security.krb_keytab", Value::String(keytab));
+    if eff["security.use_kerberos"].as_bool().unwrap_or(false)
+        && eff["security.krb_realms"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+        && let Some(realm) = crate::auth::kerberos::default_realm()
+    {
+        eff.insert(
+            "security.krb_realms".into(),
+            Value::Array(vec![Value::String(realm)]),
+        );
+    }
     if eff["security.mechanisms"].is_null() {
         let client_auth = eff["ssl.client_auth"].as_str().unwrap_or("none");
         let tls = eff["ssl.enabled"].as_bool().unwrap_or(true);
@@ -603,6 +619,9 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
             ));
         }
     }
+    if mechanisms.contains(&Mechanism::Kerberos) && list("security.krb_realms").is_empty() {
+        errors.push("kerberos is enabled but no realm is allowed: set \"security.krb_realms\" or default_realm in krb5.conf".into());
+    }
     if mechanisms.contains(&Mechanism::Kerberos) && !b("security.use_kerberos") {
         errors.push(
             "\"security.mechanisms\" lists kerberos but \"security.use_kerberos\" is false".into(),
@@ -664,6 +683,7 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
             server_krb_principal: s("security.server_krb_principal"),
             krb_keytab: s("security.krb_keytab").unwrap_or_default(),
             krb_realms: list("security.krb_realms"),
+            krb_allow_instances: b("security.krb_allow_instances"),
             pki_user_field: match s("security.pki_user_field").as_deref() {
                 Some("cn") => PkiUserField::Cn,
                 Some("email") => PkiUserField::Email,

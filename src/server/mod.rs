@@ -16,6 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::auth::Authenticator;
 use crate::auth::certificate::CertificateAuthenticator;
+use crate::auth::kerberos::KerberosAuthenticator;
 use crate::auth::password::PasswordAuthenticator;
 use crate::blocking::BlockingPool;
 use crate::config::{Config, Mechanism};
@@ -89,8 +90,14 @@ fn authenticators(config: &Config, pool: &BlockingPool) -> Vec<Box<dyn Authentic
                     ),
                     Duration::from_secs(sec.pam_conversation_timeout.max(1)),
                 ))),
-                // Refused at config load until their authenticators exist.
-                Mechanism::Kerberos | Mechanism::Oidc => None,
+                Mechanism::Kerberos => Some(Box::new(KerberosAuthenticator::new(
+                    pool.clone(),
+                    sec.server_krb_principal.clone(),
+                    sec.krb_realms.clone(),
+                    sec.krb_allow_instances,
+                ))),
+                // Refused at config load until its authenticator exists.
+                Mechanism::Oidc => None,
             }
         })
         .collect()
@@ -110,6 +117,14 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
     } else {
         None
     };
+    if config.security.mechanisms.contains(&Mechanism::Kerberos)
+        && let Err(e) = crate::auth::kerberos::check_acceptor(
+            &config.security.krb_keytab,
+            config.security.server_krb_principal.as_deref(),
+        )
+    {
+        problems.push(e);
+    }
     let labels = match load_labels(&config) {
         Ok(l) => l,
         Err(e) => {
@@ -173,7 +188,8 @@ fn reload(state: &AppState) {
     }
 }
 
-pub async fn run(config: Config) -> Result<(), StartError> {
+/// Run until SIGTERM; `on_ready` sees the bound addresses (a port 0 resolved).
+pub async fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> Result<(), StartError> {
     let mut listeners = Vec::new();
     for addr in &config.system.listen {
         let l = TcpListener::bind(addr)
@@ -189,6 +205,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Runtime(e.to_string()))?;
     let state = Arc::new(build_state(config)?);
     let scheme = if state.tls.is_some() { "https" } else { "http" };
+    let bound: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    on_ready(&bound);
     for l in &listeners {
         let addr = l
             .local_addr()

@@ -186,11 +186,23 @@ fn login_answer(
     challenges: Vec<String>,
 ) -> Result<Response<Body>, ApiError> {
     match result {
-        Ok(LoginResult::Session { token, session }) => {
+        Ok(LoginResult::Session {
+            token,
+            session,
+            response_token,
+        }) => {
             let mut v = session_json(&session);
             v["session"] = Value::String(token.text.to_string());
             v["token_type"] = Value::String("Bearer".into());
-            Ok(json_response(StatusCode::OK, &v))
+            let mut resp = json_response(StatusCode::OK, &v);
+            if let Some(t) = response_token {
+                // RFC 4559 §5: the acceptor's final token, for mutual authentication.
+                let value = format!("Negotiate {}", STANDARD.encode(t));
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            Ok(resp)
         }
         Ok(LoginResult::Challenge(c)) => {
             let mut resp = json_response(

@@ -1,0 +1,380 @@
+//! The kerberos mechanism: a GSSAPI acceptor (MIT krb5) behind HTTP Negotiate
+//! (RFC 4559), for people who ran `kinit`.
+//!
+//! The acceptor uses the default credential (`GSS_C_NO_CREDENTIAL`), which MIT
+//! resolves to every key in the keytab named by `KRB5_KTNAME` (set from
+//! `security.krb_keytab` before the runtime starts); when
+//! `security.server_krb_principal` is set, the ticket's target must be exactly that
+//! principal. MIT's replay cache stays on (in `<state_dir>/krb5-rcache`, see
+//! `main.rs`), so a captured Authorization header cannot be replayed.
+//! `gss_accept_sec_context` may read the keytab and the replay cache from disk, so it
+//! runs on the blocking pool.
+
+use std::ffi::{CStr, c_char, c_void};
+
+use libgssapi::context::{SecurityContext, ServerCtx};
+use libgssapi::error::Error as GssError;
+
+use super::{
+    AuthError, Authenticator, BoxFuture, Credentials, Identity, LoginContext, Outcome,
+    valid_username,
+};
+use crate::blocking::{BlockingPool, PoolError};
+use crate::config::Mechanism;
+
+#[link(name = "krb5")]
+unsafe extern "C" {
+    fn krb5_init_context(ctx: *mut *mut c_void) -> i32;
+    fn krb5_free_context(ctx: *mut c_void);
+    fn krb5_get_default_realm(ctx: *mut c_void, realm: *mut *mut c_char) -> i32;
+    fn krb5_free_default_realm(ctx: *mut c_void, realm: *mut c_char);
+}
+
+/// The default realm of krb5.conf (`libdefaults.default_realm`), if any.
+pub fn default_realm() -> Option<String> {
+    let mut ctx: *mut c_void = std::ptr::null_mut();
+    if unsafe { krb5_init_context(&mut ctx) } != 0 || ctx.is_null() {
+        return None;
+    }
+    let mut realm: *mut c_char = std::ptr::null_mut();
+    let out = if unsafe { krb5_get_default_realm(ctx, &mut realm) } == 0 && !realm.is_null() {
+        let r = unsafe { CStr::from_ptr(realm) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { krb5_free_default_realm(ctx, realm) };
+        Some(r)
+    } else {
+        None
+    };
+    unsafe { krb5_free_context(ctx) };
+    out
+}
+
+/// GSS routine errors (RFC 2744 §3.9.1): an enumerated field in bits 16-23 of the
+/// major status, not flags.
+const GSS_ROUTINE_BAD_MECH: u32 = 1;
+const GSS_ROUTINE_NO_CRED: u32 = 7;
+const GSS_ROUTINE_DEFECTIVE_TOKEN: u32 = 9;
+const GSS_ROUTINE_DEFECTIVE_CREDENTIAL: u32 = 10;
+
+pub struct KerberosAuthenticator {
+    pool: BlockingPool,
+    /// When set, the only service principal tickets may be for.
+    principal: Option<String>,
+    realms: Vec<String>,
+    allow_instances: bool,
+}
+
+/// What the blocking acceptor step found.
+struct Accepted {
+    initiator: String,
+    target: String,
+    output: Option<Vec<u8>>,
+}
+
+impl KerberosAuthenticator {
+    pub fn new(
+        pool: BlockingPool,
+        principal: Option<String>,
+        realms: Vec<String>,
+        allow_instances: bool,
+    ) -> Self {
+        KerberosAuthenticator {
+            pool,
+            principal,
+            realms,
+            allow_instances,
+        }
+    }
+
+    async fn accept(&self, token: Vec<u8>) -> Result<Outcome, AuthError> {
+        let accepted =
+            self.pool
+                .run(move || accept_token(&token))
+                .await
+                .map_err(|e| match e {
+                    PoolError::Busy => AuthError::Unavailable {
+                        reason: "busy",
+                        message: "too many logins in progress; try again shortly".into(),
+                    },
+                    PoolError::Panicked => AuthError::Unavailable {
+                        reason: "gssapi_failed",
+                        message: "the Kerberos acceptor failed".into(),
+                    },
+                })??;
+        if let Some(want) = &self.principal
+            && &accepted.target != want
+        {
+            return Err(AuthError::rejected(
+                "wrong_service_principal",
+                format!(
+                    "the ticket is for {}, not for this server's principal",
+                    accepted.target
+                ),
+            ));
+        }
+        let user = self.local_user(&accepted.initiator)?;
+        Ok(Outcome::Authenticated(Identity {
+            user,
+            mechanism: Mechanism::Kerberos,
+            groups: None,
+            response_token: accepted.output,
+        }))
+    }
+
+    /// `user@REALM` → `user`, only for the configured realms (SPEC §5).
+    fn local_user(&self, principal: &str) -> Result<String, AuthError> {
+        let denied = |reason, message: String| AuthError::AccountUnavailable { reason, message };
+        let Some((name, realm)) = principal.rsplit_once('@') else {
+            return Err(denied(
+                "principal_without_realm",
+                format!("\"{principal}\" has no realm"),
+            ));
+        };
+        if !self.realms.iter().any(|r| r == realm) {
+            return Err(denied(
+                "realm_not_allowed",
+                format!("principals of realm {realm} may not log in here (security.krb_realms)"),
+            ));
+        }
+        let user = match name.split_once('/') {
+            None => name,
+            Some((first, _)) if self.allow_instances => first,
+            Some(_) => {
+                return Err(denied(
+                    "instance_principal",
+                    format!("\"{principal}\" is an instance principal; only user@REALM may log in"),
+                ));
+            }
+        };
+        if !valid_username(user) {
+            return Err(denied(
+                "bad_principal",
+                format!("\"{principal}\" does not name a valid local user"),
+            ));
+        }
+        Ok(user.to_string())
+    }
+}
+
+fn accept_token(token: &[u8]) -> Result<Accepted, AuthError> {
+    let mut ctx = ServerCtx::new(None);
+    let output = match ctx.step(token) {
+        Ok(out) => out.map(|b| b.to_vec()),
+        Err(e) => return Err(classify(&e)),
+    };
+    if !ctx.open().unwrap_or(false) {
+        // HTTP Negotiate is one round trip; a mechanism that wants more (NTLM through
+        // SPNEGO) is not Kerberos.
+        return Err(AuthError::rejected(
+            "negotiate_incomplete",
+            "the Negotiate token did not complete a Kerberos exchange (is the client using NTLM?)",
+        ));
+    }
+    let name = |n: Result<libgssapi::name::Name, GssError>| {
+        n.and_then(|n| n.display_name())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|e| classify(&e))
+    };
+    let initiator = name(ctx.source_name())?;
+    let target = name(ctx.target_name())?;
+    Ok(Accepted {
+        initiator,
+        target,
+        output,
+    })
+}
+
+/// Keep the causes apart (issue 5): the client's problems are 401s that say which,
+/// the server's are 503s, never a silent 401.
+///
+/// MIT's mechglue remaps minor status codes per mechanism (SPNEGO wraps krb5), so the
+/// krb5 error code itself is not visible here; the krb5 error-table messages that
+/// `gss_display_status` returns for it are stable, and are what is matched.
+fn classify(e: &GssError) -> AuthError {
+    let routine = (e.major.bits() >> 16) & 0xff;
+    let text = e.to_string();
+    tracing::debug!(routine, minor = e.minor, error = %text, "GSSAPI accept failed");
+    let has = |s: &str| text.contains(s);
+    let rejected = |reason, message: &str| AuthError::rejected(reason, message);
+    let unavailable = |reason, message: &str| {
+        tracing::error!(error = %text, "Kerberos acceptor problem on the server side");
+        AuthError::Unavailable {
+            reason,
+            message: message.into(),
+        }
+    };
+    if has("Clock skew too great") {
+        rejected(
+            "clock_skew",
+            "Kerberos: the clocks of the client and the server differ too much",
+        )
+    } else if has("Request is a replay") {
+        rejected("replay", "Kerberos: this token was already used (replay)")
+    } else if has("Ticket expired") {
+        rejected(
+            "ticket_expired",
+            "Kerberos: the ticket has expired; run kinit",
+        )
+    } else if has("Ticket not yet valid") {
+        rejected(
+            "ticket_not_yet_valid",
+            "Kerberos: the ticket is not valid yet",
+        )
+    } else if has("Key table file") || has("replay cache") || has("Replay cache") {
+        unavailable(
+            "keytab",
+            "the server's Kerberos keytab or replay cache is unavailable",
+        )
+    } else if has("not found in keytab")
+        || has("Decrypt integrity check failed")
+        || has("Cannot find key")
+        || has("Wrong principal in request")
+        || has("ey version")
+        || has("Key table entry not found")
+        || has("ticket isn't for us")
+    {
+        rejected(
+            "wrong_service_key",
+            "Kerberos: the ticket is for a service principal or key version this server does not have",
+        )
+    } else if matches!(
+        routine,
+        GSS_ROUTINE_DEFECTIVE_TOKEN | GSS_ROUTINE_BAD_MECH | GSS_ROUTINE_DEFECTIVE_CREDENTIAL
+    ) {
+        AuthError::Malformed {
+            reason: "bad_negotiate_token",
+            message: "the Negotiate token is not a valid SPNEGO or Kerberos token".into(),
+        }
+    } else if routine == GSS_ROUTINE_NO_CRED {
+        unavailable("keytab", "the server's Kerberos keytab is unavailable")
+    } else {
+        tracing::warn!(error = %text, "Kerberos token refused");
+        rejected("kerberos_failed", "Kerberos: the token was refused")
+    }
+}
+
+impl Authenticator for KerberosAuthenticator {
+    fn mechanism(&self) -> Mechanism {
+        Mechanism::Kerberos
+    }
+
+    fn authenticate<'a>(
+        &'a self,
+        credentials: Credentials,
+        _ctx: &'a LoginContext,
+    ) -> BoxFuture<'a, Result<Outcome, AuthError>> {
+        Box::pin(async move {
+            match credentials {
+                Credentials::Negotiate(token) => self.accept(token).await,
+                _ => Err(AuthError::rejected("wrong_mechanism", "no Negotiate token")),
+            }
+        })
+    }
+}
+
+/// Point MIT krb5 at the configured keytab and a replay cache directory the daemon
+/// owns (`<state_dir>/krb5-rcache`, unless `KRB5RCACHEDIR` is set).
+///
+/// # Safety
+/// Changes the process environment: call it before any other thread exists.
+pub unsafe fn prepare_process_env(
+    keytab: &str,
+    state_dir: Option<&std::path::Path>,
+) -> Result<(), String> {
+    unsafe { std::env::set_var("KRB5_KTNAME", keytab) };
+    if let Some(state_dir) = state_dir
+        && std::env::var_os("KRB5RCACHEDIR").is_none()
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = state_dir.join("krb5-rcache");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| {
+                format!(
+                    "cannot create the Kerberos replay cache directory {}: {e}",
+                    dir.display()
+                )
+            })?;
+        unsafe { std::env::set_var("KRB5RCACHEDIR", &dir) };
+    }
+    Ok(())
+}
+
+/// Startup check: the keytab exists, is readable by this process, and GSSAPI can
+/// build acceptor credentials from it (for `principal` if set).
+pub fn check_acceptor(keytab: &str, principal: Option<&str>) -> Result<(), String> {
+    let path = keytab.strip_prefix("FILE:").unwrap_or(keytab);
+    let who = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {}", nix::unistd::getuid()), |u| u.name);
+    if let Err(e) = std::fs::File::open(path) {
+        return Err(format!(
+            "cannot read the Kerberos keytab {path} as user {who}: {e}"
+        ));
+    }
+    use libgssapi::credential::{Cred, CredUsage};
+    use libgssapi::name::Name;
+    use libgssapi::oid::{GSS_MECH_KRB5, GSS_NT_KRB5_PRINCIPAL, OidSet};
+    let mut mechs = OidSet::new().map_err(|e| e.to_string())?;
+    mechs.add(&GSS_MECH_KRB5).map_err(|e| e.to_string())?;
+    let name = match principal {
+        Some(p) => Some(
+            Name::new(p.as_bytes(), Some(&GSS_NT_KRB5_PRINCIPAL))
+                .map_err(|e| format!("security.server_krb_principal \"{p}\": {e}"))?,
+        ),
+        None => None,
+    };
+    Cred::acquire(name.as_ref(), None, CredUsage::Accept, Some(&mechs)).map_err(|e| {
+        format!(
+            "no Kerberos acceptor credentials in {path}{} (read as user {who}): {e}",
+            principal.map(|p| format!(" for {p}")).unwrap_or_default()
+        )
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(allow_instances: bool) -> KerberosAuthenticator {
+        KerberosAuthenticator::new(
+            BlockingPool::new(1, std::time::Duration::from_secs(1)),
+            None,
+            vec!["EXAMPLE.COM".into()],
+            allow_instances,
+        )
+    }
+
+    #[test]
+    fn principals_map_to_local_users_only_in_allowed_realms() {
+        let a = auth(false);
+        assert_eq!(a.local_user("alice@EXAMPLE.COM").unwrap(), "alice");
+        assert_eq!(
+            a.local_user("alice@OTHER.ORG").unwrap_err().reason(),
+            "realm_not_allowed"
+        );
+        assert_eq!(
+            a.local_user("alice/admin@EXAMPLE.COM")
+                .unwrap_err()
+                .reason(),
+            "instance_principal"
+        );
+        assert_eq!(
+            a.local_user("alice").unwrap_err().reason(),
+            "principal_without_realm"
+        );
+        assert_eq!(
+            a.local_user("al ice@EXAMPLE.COM").unwrap_err().reason(),
+            "bad_principal"
+        );
+        assert_eq!(
+            auth(true).local_user("alice/admin@EXAMPLE.COM").unwrap(),
+            "alice"
+        );
+    }
+}

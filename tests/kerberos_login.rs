@@ -1,0 +1,314 @@
+//! Kerberos logins against a real MIT KDC (started by scripts/test through
+//! scripts/kdc; its KRB5_CONFIG and directory come from the environment).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::json;
+
+/// The KDC directory of scripts/kdc. Missing means the suite was not started by
+/// scripts/test: fail, do not skip.
+fn kdc_dir() -> PathBuf {
+    let dir = std::env::var_os("PORTCULLIS_TEST_KRB5_DIR").expect(
+        "PORTCULLIS_TEST_KRB5_DIR is not set: run scripts/test (it starts the test KDC with scripts/kdc)",
+    );
+    assert!(
+        std::env::var_os("KRB5_CONFIG").is_some(),
+        "KRB5_CONFIG is not set"
+    );
+    PathBuf::from(dir)
+}
+
+/// `kinit` into a fresh credential cache in `dir`.
+fn kinit(dir: &Path, principal: &str, password: &str) -> String {
+    let cache = format!(
+        "FILE:{}/cc-{}",
+        dir.display(),
+        principal.replace(['/', '@'], "_")
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kdc");
+    let out = Command::new(script)
+        .arg("kinit")
+        .arg(kdc_dir())
+        .args([principal, password, &cache])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kinit {principal}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cache
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Daemon {
+    let keytab = format!(
+        "security.krb_keytab=FILE:{}/http.keytab",
+        kdc_dir().display()
+    );
+    let mut defs = vec!["security.use_kerberos=true", keytab.as_str()];
+    defs.extend_from_slice(extra);
+    Daemon::start(dir, &defs)
+}
+
+/// The daemon's URL by host name: the service principal is HTTP/localhost.
+fn url(d: &Daemon) -> String {
+    format!("https://localhost:{}", d.port)
+}
+
+fn curl_negotiate(d: &Daemon, cache: &str) -> (serde_json::Value, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-v",
+            "--http1.1",
+            "--negotiate",
+            "-u",
+            ":",
+            "--cacert",
+        ])
+        .arg(d.ca())
+        .args(["-X", "POST", &format!("{}/v1/login", url(d))])
+        .env("KRB5CCNAME", cache)
+        .output()
+        .unwrap();
+    let body = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (body, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn cli_login(d: &Daemon, cache: &str, run: &Path, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["login", "--kerberos", "--server", &url(d), "--ca"])
+        .arg(d.ca())
+        .args(extra)
+        .env("KRB5CCNAME", cache)
+        .env("XDG_RUNTIME_DIR", run)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn kinit_then_curl_negotiate_gets_a_session_with_groups_and_labels() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("gl.csv"),
+        "pcanalysts,apple\npcops,cherry\n",
+    )
+    .unwrap();
+    let gl = format!(
+        "security.grouplabelfile={}",
+        dir.path().join("gl.csv").display()
+    );
+    let d = start(dir.path(), &[&gl]);
+    let cache = kinit(dir.path(), "pcalice", "alice-Secret-1");
+    let (v, trace) = curl_negotiate(&d, &cache);
+    assert_eq!(v["user"], "pcalice", "{v}\n{trace}");
+    assert_eq!(v["mechanism"], "kerberos");
+    assert_eq!(strings(&v["groups"]), ["pcalice", "pcanalysts", "pcops"]);
+    assert_eq!(strings(&v["labels"]), ["apple", "cherry"]);
+    // The answer carries the acceptor's token for mutual authentication.
+    assert!(
+        trace.lines().any(|l| l
+            .to_ascii_lowercase()
+            .starts_with("< www-authenticate: negotiate ")
+            && l.len() > 40),
+        "no mutual-authentication token in:\n{trace}"
+    );
+}
+
+#[tokio::test]
+async fn the_cli_logs_in_with_kerberos_and_checks_the_server() {
+    let dir = tempdir();
+    let run = tempdir();
+    let d = start(dir.path(), &[]);
+    let cache = kinit(dir.path(), "pcbob", "bob-Secret-2");
+    let o = cli_login(&d, &cache, run.path(), &["--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["user"], "pcbob");
+    // A raw krb5 token (no SPNEGO wrapper) is accepted too.
+    let o = cli_login(&d, &cache, run.path(), &["--kerberos-mech", "krb5"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // No ticket at all: refused on the client side, exit 1.
+    let empty = format!("FILE:{}/cc-empty", dir.path().display());
+    let o = cli_login(&d, &empty, run.path(), &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_token_is_refused() {
+    let dir = tempdir();
+    let d = start(dir.path(), &[]);
+    let cache = kinit(dir.path(), "pcalice", "alice-Secret-1");
+    let (v, trace) = curl_negotiate(&d, &cache);
+    assert_eq!(v["user"], "pcalice");
+    let header = trace
+        .lines()
+        .find_map(|l| l.strip_prefix("> Authorization: "))
+        .expect("curl -v shows the Authorization header")
+        .trim()
+        .to_string();
+    let r = d
+        .client(None)
+        .request(
+            hyper::Method::POST,
+            "/v1/login",
+            &[("authorization", &header)],
+            None,
+        )
+        .await
+        .unwrap();
+    let v = r.json();
+    assert_eq!(r.status, 401, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("already used"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn foreign_realm_instance_and_unknown_principals_are_403() {
+    let dir = tempdir();
+    let d = start(dir.path(), &[]);
+    for (principal, password, hint) in [
+        ("pcalice@OTHER.TEST", "foreign-Secret-1", "realm OTHER.TEST"),
+        ("pcalice/admin", "admin-Secret-9", "instance principal"),
+        ("nosuchuser-pc", "nope-Secret-0", "no local account"),
+    ] {
+        let cache = kinit(dir.path(), principal, password);
+        let (v, trace) = curl_negotiate(&d, &cache);
+        assert_eq!(
+            v["error"], "account_unavailable",
+            "{principal}: {v}\n{trace}"
+        );
+        assert!(
+            v["message"].as_str().unwrap().contains(hint),
+            "{principal}: {v}"
+        );
+    }
+    // An explicitly allowed foreign realm logs in.
+    drop(d);
+    let dir2 = tempdir();
+    let d = start(
+        dir2.path(),
+        &["security.krb_realms=PORTCULLIS.TEST,OTHER.TEST"],
+    );
+    let cache = kinit(dir2.path(), "pcalice@OTHER.TEST", "foreign-Secret-1");
+    let (v, _) = curl_negotiate(&d, &cache);
+    assert_eq!(v["user"], "pcalice");
+}
+
+#[tokio::test]
+async fn a_ticket_for_a_service_not_in_the_keytab_is_refused() {
+    let dir = tempdir();
+    let run = tempdir();
+    let d = start(dir.path(), &[]);
+    let cache = kinit(dir.path(), "pcalice", "alice-Secret-1");
+    let o = cli_login(&d, &cache, run.path(), &["--spn", "HTTP/other.test"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("service principal or key version this server does not have"),
+        "{err}"
+    );
+    // With a principal pinned, a ticket for another key in the keytab is refused too.
+    drop(d);
+    let dir2 = tempdir();
+    let d = start(
+        dir2.path(),
+        &["security.server_krb_principal=HTTP/localhost@PORTCULLIS.TEST"],
+    );
+    let o = cli_login(&d, &cache, run.path(), &["--spn", "HTTP/127.0.0.1"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = cli_login(&d, &cache, run.path(), &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[tokio::test]
+async fn no_token_advertises_negotiate_and_garbage_is_400() {
+    let dir = tempdir();
+    let d = start(dir.path(), &[]);
+    let r = post_login(&d.client(None), None).await.unwrap();
+    assert_eq!(r.status, 401);
+    let schemes: Vec<_> = r
+        .headers
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(schemes.contains(&"Negotiate".to_string()), "{schemes:?}");
+    for blob in [
+        "Negotiate YWJjZGVm",
+        "Negotiate oYIBADCB/aADCgEBoQsGCSqGSIb3EgECAqKB6ASB5WCB4gYJKoZIhvcSAQICAQBu",
+    ] {
+        let r = d
+            .client(None)
+            .request(
+                hyper::Method::POST,
+                "/v1/login",
+                &[("authorization", blob)],
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(r.status == 400 || r.status == 401, "{blob}: {}", r.status);
+        assert_ne!(r.json()["error"], json!(null));
+    }
+    assert!(
+        d.client(None)
+            .request(hyper::Method::GET, "/healthz", &[], None)
+            .await
+            .unwrap()
+            .status
+            == 200
+    );
+    let cache = kinit(dir.path(), "pcalice", "alice-Secret-1");
+    assert_eq!(curl_negotiate(&d, &cache).0["user"], "pcalice");
+}
+
+#[test]
+fn a_missing_keytab_stops_startup_naming_the_file_and_user() {
+    let dir = tempdir();
+    let _ = kdc_dir();
+    let missing = format!(
+        "security.krb_keytab=FILE:{}/nope.keytab",
+        dir.path().display()
+    );
+    let err = match Daemon::try_start(dir.path(), &["security.use_kerberos=true", &missing]) {
+        Ok(_) => panic!("started without a keytab"),
+        Err(e) => e,
+    };
+    assert!(err.contains("exit code Some(2)"), "{err}");
+    assert!(
+        err.contains("nope.keytab") && err.contains("as user root"),
+        "{err}"
+    );
+}
