@@ -7,6 +7,7 @@
 
 pub mod certificate;
 pub mod kerberos;
+pub mod oidc;
 pub mod password;
 pub mod shadow;
 

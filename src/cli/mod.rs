@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod kerberos;
+pub mod oidc;
 pub mod session_file;
 
 use std::io::Write;
@@ -76,7 +77,7 @@ pub struct ClientArgs {
 }
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("how").required(true).args(["user", "cert", "kerberos"])))]
+#[command(group(clap::ArgGroup::new("how").required(true).args(["user", "cert", "kerberos", "oidc", "client_credentials", "token_file"])))]
 pub struct LoginArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -95,6 +96,32 @@ pub struct LoginArgs {
     /// GSSAPI mechanism for --kerberos
     #[arg(long, value_enum, default_value = "spnego", requires = "kerberos")]
     pub kerberos_mech: kerberos::KrbMech,
+    /// OIDC: authorization-code flow with PKCE in your browser (prints the URL to open)
+    #[arg(long)]
+    pub oidc: bool,
+    /// OIDC for services: the client-credentials grant
+    #[arg(long)]
+    pub client_credentials: bool,
+    /// Client id for --client-credentials
+    #[arg(long, env = "PORTCULLIS_OIDC_CLIENT_ID", value_name = "ID")]
+    pub client_id: Option<String>,
+    /// Client secret for --client-credentials
+    #[arg(
+        long,
+        env = "PORTCULLIS_OIDC_CLIENT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub client_secret: Option<String>,
+    /// Present an access token obtained elsewhere (the file holds the token)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Port of the loopback redirect listener for --oidc (http://127.0.0.1:PORT/callback)
+    #[arg(long, default_value_t = 8765, value_name = "PORT")]
+    pub redirect_port: u16,
+    /// Extra CA bundle to trust for the IdP (besides the system store)
+    #[arg(long, env = "PORTCULLIS_IDP_CA", value_name = "FILE")]
+    pub idp_ca: Option<PathBuf>,
     /// Client certificate (PEM) whose subject carries UID=<user>
     #[arg(long, value_name = "FILE", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -305,6 +332,24 @@ pub async fn login(args: &LoginArgs) -> ExitCode {
     };
     let reply = match &args.user {
         Some(user) => password_login(&client, user, args.password_stdin).await,
+        None if args.oidc || args.client_credentials || args.token_file.is_some() => {
+            let token = match oidc_token(&client, args).await {
+                Ok(t) => t,
+                Err((code, e)) => {
+                    eprintln!("portcullis: {e}");
+                    return ExitCode::from(code);
+                }
+            };
+            let header = format!("Bearer {}", token.as_str());
+            client
+                .request(
+                    Method::POST,
+                    "/v1/login",
+                    &[("authorization", &header)],
+                    None,
+                )
+                .await
+        }
         None if args.kerberos => {
             let spn = args
                 .spn
@@ -371,6 +416,47 @@ pub async fn login(args: &LoginArgs) -> ExitCode {
     }
     print_session(&v, args.client.json);
     ExitCode::SUCCESS
+}
+
+/// An access token for `--oidc`, `--client-credentials` or `--token-file`.
+async fn oidc_token(
+    client: &Client,
+    args: &LoginArgs,
+) -> Result<zeroize::Zeroizing<String>, (u8, String)> {
+    if let Some(path) = &args.token_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| (EXIT_USAGE, format!("{}: {e}", path.display())))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err((EXIT_USAGE, format!("{} is empty", path.display())));
+        }
+        return Ok(zeroize::Zeroizing::new(token.to_string()));
+    }
+    let methods = client
+        .request(Method::GET, "/v1/auth/methods", &[], None)
+        .await
+        .map_err(|e| (EXIT_UNAVAILABLE, e.to_string()))?;
+    let idp = oidc::IdpInfo::from_methods(&methods.json()).ok_or((
+        EXIT_REFUSED,
+        "the server does not accept OIDC logins".to_string(),
+    ))?;
+    let http = oidc::http(args.idp_ca.as_deref()).map_err(|e| (EXIT_USAGE, e))?;
+    if args.client_credentials {
+        let (Some(id), Some(secret)) = (&args.client_id, &args.client_secret) else {
+            return Err((EXIT_USAGE, "--client-credentials needs --client-id and --client-secret (or PORTCULLIS_OIDC_CLIENT_ID/SECRET)".into()));
+        };
+        return oidc::client_credentials(&http, &idp, id, secret)
+            .await
+            .map_err(|e| (EXIT_REFUSED, e));
+    }
+    oidc::authorization_code(
+        &http,
+        &idp,
+        args.redirect_port,
+        std::time::Duration::from_secs(300),
+    )
+    .await
+    .map_err(|e| (EXIT_REFUSED, e))
 }
 
 /// Where answers come from: the terminal (hidden when PAM says so) or stdin lines.

@@ -489,7 +489,9 @@ fn derive_defaults(eff: &mut BTreeMap<String, Value>, dev: bool) {
         if eff["security.use_kerberos"].as_bool().unwrap_or(false) {
             wanted.push(Mechanism::Kerberos);
         }
-        if !eff["security.oidc.issuer"].is_null() {
+        if !eff["security.oidc.issuer"].is_null()
+            || !eff["security.oidc.openshift_user_api_uri"].is_null()
+        {
             wanted.push(Mechanism::Oidc);
         }
         let list = wanted
@@ -725,6 +727,16 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
             level: s("log.level").unwrap_or_else(|| "info".into()),
         },
     };
+    if config.security.mechanisms.contains(&Mechanism::Oidc) {
+        let missing = crate::auth::oidc::missing_settings(&config.security.oidc);
+        if !missing.is_empty() {
+            errors.push(format!(
+                "security.oidc.validation_mode \"{}\" needs: {}",
+                config.security.oidc.validation_mode,
+                missing.join(", ")
+            ));
+        }
+    }
     Some(config)
 }
 

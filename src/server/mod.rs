@@ -17,6 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::auth::Authenticator;
 use crate::auth::certificate::CertificateAuthenticator;
 use crate::auth::kerberos::KerberosAuthenticator;
+use crate::auth::oidc::OidcAuthenticator;
 use crate::auth::password::PasswordAuthenticator;
 use crate::blocking::BlockingPool;
 use crate::config::{Config, Mechanism};
@@ -72,35 +73,38 @@ pub enum StartError {
     Runtime(String),
 }
 
-fn authenticators(config: &Config, pool: &BlockingPool) -> Vec<Box<dyn Authenticator>> {
+fn authenticators(
+    config: &Config,
+    pool: &BlockingPool,
+) -> Result<Vec<Box<dyn Authenticator>>, String> {
     let sec = &config.security;
-    sec.mechanisms
-        .iter()
-        .filter_map(|m| -> Option<Box<dyn Authenticator>> {
-            match m {
-                Mechanism::Certificate => {
-                    Some(Box::new(CertificateAuthenticator::new(sec.pki_user_field)))
-                }
-                Mechanism::Password => Some(Box::new(PasswordAuthenticator::new(
-                    sec.pam_service.clone(),
-                    pool.clone(),
-                    Throttle::new(
-                        sec.max_failed_attempts,
-                        Duration::from_secs(sec.failed_attempt_window),
-                    ),
-                    Duration::from_secs(sec.pam_conversation_timeout.max(1)),
-                ))),
-                Mechanism::Kerberos => Some(Box::new(KerberosAuthenticator::new(
-                    pool.clone(),
-                    sec.server_krb_principal.clone(),
-                    sec.krb_realms.clone(),
-                    sec.krb_allow_instances,
-                ))),
-                // Refused at config load until its authenticator exists.
-                Mechanism::Oidc => None,
+    let mut out: Vec<Box<dyn Authenticator>> = Vec::new();
+    for m in &sec.mechanisms {
+        out.push(match m {
+            Mechanism::Certificate => Box::new(CertificateAuthenticator::new(sec.pki_user_field)),
+            Mechanism::Password => Box::new(PasswordAuthenticator::new(
+                sec.pam_service.clone(),
+                pool.clone(),
+                Throttle::new(
+                    sec.max_failed_attempts,
+                    Duration::from_secs(sec.failed_attempt_window),
+                ),
+                Duration::from_secs(sec.pam_conversation_timeout.max(1)),
+            )),
+            Mechanism::Kerberos => Box::new(KerberosAuthenticator::new(
+                pool.clone(),
+                sec.server_krb_principal.clone(),
+                sec.krb_realms.clone(),
+                sec.krb_allow_instances,
+            )),
+            Mechanism::Oidc => {
+                let a = OidcAuthenticator::new(sec.oidc.clone())?;
+                a.spawn_refresh();
+                Box::new(a)
             }
-        })
-        .collect()
+        });
+    }
+    Ok(out)
 }
 
 /// Build the state; every file is read here so a broken one stops startup with its name.
@@ -139,7 +143,7 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
         config.system.blocking_threads,
         Duration::from_secs(config.system.blocking_queue_timeout),
     );
-    let authenticators = authenticators(&config, &pool);
+    let authenticators = authenticators(&config, &pool).map_err(StartError::Config)?;
     let directory = Directory::new(pool, Duration::from_secs(config.security.group_cache_ttl));
     let idle = Duration::from_secs(config.security.session_idle_timeout);
     let pipeline = Pipeline::new(

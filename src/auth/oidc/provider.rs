@@ -1,0 +1,298 @@
+//! Talking to the IdP: one HTTPS client (system roots plus `security.oidc.ca_cert`,
+//! timeouts on every call), discovery, and the JWKS.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// The IdP could not be asked (network, TLS, 5xx, unparsable answer): a 503.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
+
+pub fn http_client(ca_cert: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("security.oidc.ca_cert {}: {e}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("security.oidc.ca_cert {}: {e}", path.display()))?
+        {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    b.build()
+        .map_err(|e| format!("cannot build the IdP HTTP client: {e}"))
+}
+
+/// GET a JSON document; any failure is `Unreachable`.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, Unreachable> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| Unreachable(format!("GET {url}: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(Unreachable(format!("GET {url}: HTTP {}", resp.status())));
+    }
+    resp.json()
+        .await
+        .map_err(|e| Unreachable(format!("GET {url}: not JSON: {e}")))
+}
+
+/// The endpoints a mode needs, from configuration or discovery.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints {
+    pub jwks_uri: Option<String>,
+    pub introspection: Option<String>,
+    pub userinfo: Option<String>,
+}
+
+pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Endpoints, Unreachable> {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let doc = get_json(http, &url).await?;
+    if doc["issuer"].as_str().map(|i| i.trim_end_matches('/')) != Some(issuer.trim_end_matches('/'))
+    {
+        return Err(Unreachable(format!(
+            "{url} names issuer {} instead of {issuer}",
+            doc["issuer"]
+        )));
+    }
+    let s = |k: &str| doc[k].as_str().map(str::to_string);
+    Ok(Endpoints {
+        jwks_uri: s("jwks_uri"),
+        introspection: s("introspection_endpoint"),
+        userinfo: s("userinfo_endpoint"),
+    })
+}
+
+/// A verification key and the algorithms it may verify. The algorithm is fixed by
+/// the key (its `alg`, else its type and curve), never by the token: no `none`,
+/// and no HMAC with a public key as the secret.
+#[derive(Clone)]
+pub struct VerifyKey {
+    pub key: DecodingKey,
+    pub algorithms: Vec<Algorithm>,
+}
+
+fn algorithms_for(jwk: &Jwk) -> Vec<Algorithm> {
+    let named = |a: &KeyAlgorithm| -> Option<Algorithm> {
+        Some(match a {
+            KeyAlgorithm::RS256 => Algorithm::RS256,
+            KeyAlgorithm::RS384 => Algorithm::RS384,
+            KeyAlgorithm::RS512 => Algorithm::RS512,
+            KeyAlgorithm::PS256 => Algorithm::PS256,
+            KeyAlgorithm::PS384 => Algorithm::PS384,
+            KeyAlgorithm::PS512 => Algorithm::PS512,
+            KeyAlgorithm::ES256 => Algorithm::ES256,
+            KeyAlgorithm::ES384 => Algorithm::ES384,
+            KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+            _ => return None,
+        })
+    };
+    match (&jwk.algorithm, &jwk.common.key_algorithm) {
+        // Symmetric keys in a public JWKS make no sense for verifying IdP tokens.
+        (AlgorithmParameters::OctetKey(_), _) => vec![],
+        (_, Some(a)) => named(a).into_iter().collect(),
+        (AlgorithmParameters::RSA(_), None) => vec![
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        (AlgorithmParameters::EllipticCurve(p), None) => match p.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            _ => vec![],
+        },
+        (AlgorithmParameters::OctetKeyPair(_), None) => vec![Algorithm::EdDSA],
+        _ => vec![],
+    }
+}
+
+/// A parsed JWKS. Keys that cannot verify signatures (encryption keys, unknown
+/// types) are skipped rather than failing the whole set.
+#[derive(Clone, Default)]
+pub struct KeySet {
+    by_kid: HashMap<String, VerifyKey>,
+    unnamed: Vec<VerifyKey>,
+}
+
+impl KeySet {
+    pub fn parse(doc: &Value) -> KeySet {
+        let mut set = KeySet::default();
+        for raw in doc["keys"].as_array().into_iter().flatten() {
+            if raw["use"].as_str().is_some_and(|u| u != "sig") {
+                continue;
+            }
+            let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else {
+                tracing::debug!(kid = %raw["kid"], "skipping a JWK this server cannot use");
+                continue;
+            };
+            let algorithms = algorithms_for(&jwk);
+            let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+                continue;
+            };
+            if algorithms.is_empty() {
+                continue;
+            }
+            let vk = VerifyKey { key, algorithms };
+            match jwk.common.key_id {
+                Some(kid) => {
+                    set.by_kid.insert(kid, vk);
+                }
+                None => set.unnamed.push(vk),
+            }
+        }
+        set
+    }
+
+    /// Keys that may verify a token with this `kid` and header algorithm.
+    pub fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> Vec<VerifyKey> {
+        let fits = |k: &&VerifyKey| k.algorithms.contains(&alg);
+        match kid {
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .filter(fits)
+                .cloned()
+                .into_iter()
+                .collect(),
+            None => self
+                .by_kid
+                .values()
+                .chain(self.unnamed.iter())
+                .filter(fits)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.by_kid.contains_key(kid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_kid.len() + self.unnamed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The JWKS cache: refreshed in the background, and on an unknown `kid` at most once
+/// per `min_refetch`, so key rotation needs no restart and bogus kids cannot make the
+/// daemon hammer the IdP.
+pub struct Keys {
+    current: ArcSwapOption<KeySet>,
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    min_refetch: Duration,
+}
+
+impl Keys {
+    pub fn new(min_refetch: Duration) -> Self {
+        Keys {
+            current: ArcSwapOption::empty(),
+            last_fetch: tokio::sync::Mutex::new(None),
+            min_refetch,
+        }
+    }
+
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.current.load_full()
+    }
+
+    pub fn store(&self, set: KeySet) {
+        self.current.store(Some(Arc::new(set)));
+    }
+
+    pub async fn fetch(
+        &self,
+        http: &reqwest::Client,
+        uri: &str,
+    ) -> Result<Arc<KeySet>, Unreachable> {
+        let mut last = self.last_fetch.lock().await;
+        *last = Some(Instant::now());
+        let set = Arc::new(KeySet::parse(&get_json(http, uri).await?));
+        self.current.store(Some(set.clone()));
+        Ok(set)
+    }
+
+    /// Refetch for an unknown `kid`, unless a fetch happened within `min_refetch`.
+    /// Concurrent callers wait for one fetch instead of each starting their own.
+    pub async fn refetch_for(
+        &self,
+        http: &reqwest::Client,
+        uri: &str,
+        kid: &str,
+    ) -> Result<Option<Arc<KeySet>>, Unreachable> {
+        let mut last = self.last_fetch.lock().await;
+        if let Some(set) = self.current()
+            && set.has_kid(kid)
+        {
+            return Ok(Some(set));
+        }
+        if last.is_some_and(|t| t.elapsed() < self.min_refetch) {
+            return Ok(None);
+        }
+        *last = Some(Instant::now());
+        let set = Arc::new(KeySet::parse(&get_json(http, uri).await?));
+        self.current.store(Some(set.clone()));
+        Ok(Some(set))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn algorithms_come_from_the_key_and_symmetric_keys_are_ignored() {
+        let doc = json!({"keys": [
+            {"kty": "RSA", "kid": "r1", "use": "sig", "alg": "RS256",
+             "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw",
+             "e": "AQAB"},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
+            {"kty": "oct", "kid": "h1", "k": "c2VjcmV0"},
+            {"kty": "EC", "kid": "e1", "crv": "P-256",
+             "x": "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4", "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"},
+            {"kty": "weird", "kid": "w"}
+        ]});
+        let set = KeySet::parse(&doc);
+        assert_eq!(
+            set.len(),
+            2,
+            "RSA sig + EC; enc, oct and unknown keys skipped"
+        );
+        assert_eq!(set.candidates(Some("r1"), Algorithm::RS256).len(), 1);
+        assert!(
+            set.candidates(Some("r1"), Algorithm::HS256).is_empty(),
+            "no HMAC with a public key"
+        );
+        assert!(
+            set.candidates(Some("r1"), Algorithm::RS384).is_empty(),
+            "alg fixed by the JWK"
+        );
+        assert_eq!(set.candidates(Some("e1"), Algorithm::ES256).len(), 1);
+        assert!(set.candidates(Some("h1"), Algorithm::HS256).is_empty());
+        assert!(set.candidates(None, Algorithm::ES256).len() == 1);
+    }
+}
