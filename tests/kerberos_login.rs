@@ -312,3 +312,40 @@ fn a_missing_keytab_stops_startup_naming_the_file_and_user() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn clock_skew_is_named_in_the_refusal() {
+    let dir = tempdir();
+    let run = tempdir();
+    let d = start(dir.path(), &[]);
+    let cache = kinit(dir.path(), "pcalice", "alice-Secret-1");
+    // A first login puts the service ticket in the cache, so the skewed client below
+    // does not need the KDC (which would refuse it for the same reason).
+    assert_eq!(
+        cli_login(&d, &cache, run.path(), &[]).status.code(),
+        Some(0)
+    );
+    // The client's clock 10 minutes ahead (libfaketime): its authenticator is stale.
+    let o = Command::new("faketime")
+        .args([
+            "-f",
+            "+10m",
+            BIN,
+            "login",
+            "--kerberos",
+            "--server",
+            &url(&d),
+            "--ca",
+        ])
+        .arg(d.ca())
+        .env("KRB5CCNAME", &cache)
+        .env("XDG_RUNTIME_DIR", run.path())
+        .output()
+        .expect("faketime is installed by scripts/prepare-env");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("clocks of the client and the server differ"),
+        "{err}"
+    );
+}

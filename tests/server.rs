@@ -424,3 +424,85 @@ async fn plaintext_is_served_only_on_loopback() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not loopback"), "{err}");
 }
+
+#[test]
+fn readiness_is_sent_to_systemd_and_several_addresses_are_served() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempdir();
+    require_fixtures();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--dev",
+            "-D",
+            "system.listen=127.0.0.1:0,127.0.0.2:0",
+            "-D",
+        ])
+        .arg(format!("system.state_dir={}", dir.path().display()))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 on NOTIFY_SOCKET");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| l.starts_with("portcullis: listening on"))
+        .take(2)
+        .collect();
+    assert!(
+        lines[0].contains("127.0.0.1:") && lines[1].contains("127.0.0.2:"),
+        "{lines:?}"
+    );
+    for line in &lines {
+        let addr = line.trim_start_matches("portcullis: listening on https://");
+        let (ip, port) = addr.rsplit_once(':').unwrap();
+        // The dev certificate names localhost; point that name at each address.
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(dir.path().join("ca.pem"))
+            .args([
+                "--resolve",
+                &format!("localhost:{port}:{ip}"),
+                &format!("https://localhost:{port}/healthz"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{addr}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(
+        wait_timeout(&mut child, Duration::from_secs(20))
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn a_silent_client_is_cut_off_by_the_handshake_timeout() {
+    let dir = tempdir();
+    let d = Daemon::start(dir.path(), &["system.handshake_timeout=1"]);
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", d.port))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    // Say nothing: the daemon closes the connection after the handshake timeout.
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
