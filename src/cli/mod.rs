@@ -549,54 +549,37 @@ fn stored_token() -> Result<(Value, String), ExitCode> {
     Ok((stored, token))
 }
 
-pub async fn whoami(args: &ClientArgs) -> ExitCode {
-    let (stored, token) = match stored_token() {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
+/// `method /v1/session` with the stored token, at the server it came from.
+async fn stored_session_request(
+    args: &ClientArgs,
+    method: Method,
+) -> Result<Result<Reply, ClientError>, ExitCode> {
+    let (stored, token) = stored_token()?;
     let server = server_url(args, Some(&stored));
-    let client = match Client::new(&server, args.ca.as_deref(), None) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
+    let client = Client::new(&server, args.ca.as_deref(), None).map_err(|e| fail(&e))?;
     let auth = format!("Bearer {token}");
-    match client
-        .request(
-            Method::GET,
-            "/v1/session",
-            &[("authorization", &auth)],
-            None,
-        )
-        .await
-    {
-        Ok(r) if r.status == 200 => {
+    Ok(client
+        .request(method, "/v1/session", &[("authorization", &auth)], None)
+        .await)
+}
+
+pub async fn whoami(args: &ClientArgs) -> ExitCode {
+    match stored_session_request(args, Method::GET).await {
+        Err(code) => code,
+        Ok(Ok(r)) if r.status == 200 => {
             print_session(&r.json(), args.json);
             ExitCode::SUCCESS
         }
-        Ok(r) => refusal(&r),
-        Err(e) => fail(&e),
+        Ok(Ok(r)) => refusal(&r),
+        Ok(Err(e)) => fail(&e),
     }
 }
 
 pub async fn logout(args: &ClientArgs) -> ExitCode {
-    let (stored, token) = match stored_token() {
-        Ok(x) => x,
+    let result = match stored_session_request(args, Method::DELETE).await {
+        Ok(r) => r,
         Err(code) => return code,
     };
-    let server = server_url(args, Some(&stored));
-    let client = match Client::new(&server, args.ca.as_deref(), None) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    let auth = format!("Bearer {token}");
-    let result = client
-        .request(
-            Method::DELETE,
-            "/v1/session",
-            &[("authorization", &auth)],
-            None,
-        )
-        .await;
     match result {
         // 401 means the session had already ended: the goal is reached either way.
         Ok(r) if r.status == 204 || r.status == 401 => {

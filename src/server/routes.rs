@@ -146,11 +146,19 @@ struct LoginBody {
     password: Option<Zeroizing<String>>,
 }
 
-async fn login(
+/// The parts of a login request: headers, the (bounded) body, and who is asking.
+async fn login_request(
     state: &AppState,
     conn: &ConnInfo,
     req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<
+    (
+        hyper::http::request::Parts,
+        Zeroizing<Vec<u8>>,
+        LoginContext,
+    ),
+    ApiError,
+> {
     let (parts, body) = req.into_parts();
     let limits = &state.config.system;
     let body = read_body(
@@ -164,6 +172,15 @@ async fn login(
         peer: conn.peer,
         binding: conn.binding,
     };
+    Ok((parts, body, ctx))
+}
+
+async fn login(
+    state: &AppState,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body, ctx) = login_request(state, conn, req).await?;
     let challenges = login_challenges(state);
     let credentials = match extract_credentials(&parts.headers, &body, conn) {
         Ok(c) => c,
@@ -233,19 +250,7 @@ async fn login_continue(
     req: Request<Incoming>,
     conversation: String,
 ) -> Result<Response<Body>, ApiError> {
-    let (parts, body) = req.into_parts();
-    let limits = &state.config.system;
-    let body = read_body(
-        body,
-        &parts.headers,
-        limits.max_body_bytes,
-        Duration::from_secs(limits.request_timeout),
-    )
-    .await?;
-    let ctx = LoginContext {
-        peer: conn.peer,
-        binding: conn.binding,
-    };
+    let (_, body, ctx) = login_request(state, conn, req).await?;
     if conversation.is_empty()
         || conversation.len() > 64
         || !conversation
