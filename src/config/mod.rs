@@ -17,14 +17,6 @@ use keys::{KEYS, Kind};
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/portcullis/portcullis.conf";
 pub const DEV_STATE_DIR: &str = "var/portcullis";
 
-/// Mechanisms this build can serve. The rest of SPEC §5 is parsed and validated but
-/// refused at startup until its authenticator lands.
-pub const AVAILABLE_MECHANISMS: &[Mechanism] = &[
-    Mechanism::Password,
-    Mechanism::Kerberos,
-    Mechanism::Certificate,
-];
-
 /// One `-c FILE` or `-D key=value`, in command-line order.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -496,7 +488,6 @@ fn derive_defaults(eff: &mut BTreeMap<String, Value>, dev: bool) {
         }
         let list = wanted
             .into_iter()
-            .filter(|m| AVAILABLE_MECHANISMS.contains(m))
             .map(|m| Value::String(m.as_str().into()))
             .collect();
         eff.insert("security.mechanisms".into(), Value::Array(list));
@@ -585,14 +576,6 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
             None => errors.push(format!(
                 "\"security.mechanisms\": unknown mechanism \"{m}\" (known: {})",
                 keys::MECHANISMS.join(", ")
-            )),
-            Some(m) if !AVAILABLE_MECHANISMS.contains(&m) => errors.push(format!(
-                "\"security.mechanisms\": \"{m}\" is not available in this build yet (available: {})",
-                AVAILABLE_MECHANISMS
-                    .iter()
-                    .map(|m| m.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
             )),
             Some(m) if !mechanisms.contains(&m) => mechanisms.push(m),
             Some(_) => {}

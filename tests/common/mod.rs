@@ -2,6 +2,8 @@
 //! certificates, and the local users `scripts/prepare-env` creates.
 #![allow(dead_code)]
 
+pub mod idp;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -202,7 +202,8 @@ impl KeySet {
 /// daemon hammer the IdP.
 pub struct Keys {
     current: ArcSwapOption<KeySet>,
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When the JWKS was last fetched, and whether that worked.
+    last_fetch: tokio::sync::Mutex<Option<(Instant, bool)>>,
     min_refetch: Duration,
 }
 
@@ -219,23 +220,32 @@ impl Keys {
         self.current.load_full()
     }
 
-    pub fn store(&self, set: KeySet) {
-        self.current.store(Some(Arc::new(set)));
-    }
-
     pub async fn fetch(
         &self,
         http: &reqwest::Client,
         uri: &str,
     ) -> Result<Arc<KeySet>, Unreachable> {
         let mut last = self.last_fetch.lock().await;
-        *last = Some(Instant::now());
-        let set = Arc::new(KeySet::parse(&get_json(http, uri).await?));
+        self.fetch_locked(&mut last, http, uri).await
+    }
+
+    async fn fetch_locked(
+        &self,
+        last: &mut Option<(Instant, bool)>,
+        http: &reqwest::Client,
+        uri: &str,
+    ) -> Result<Arc<KeySet>, Unreachable> {
+        let result = get_json(http, uri)
+            .await
+            .map(|doc| Arc::new(KeySet::parse(&doc)));
+        *last = Some((Instant::now(), result.is_ok()));
+        let set = result?;
         self.current.store(Some(set.clone()));
         Ok(set)
     }
 
-    /// Refetch for an unknown `kid`, unless a fetch happened within `min_refetch`.
+    /// Refetch for an unknown `kid`, unless a fetch happened within `min_refetch`
+    /// (then its outcome is repeated: no new key, or still unreachable).
     /// Concurrent callers wait for one fetch instead of each starting their own.
     pub async fn refetch_for(
         &self,
@@ -249,13 +259,13 @@ impl Keys {
         {
             return Ok(Some(set));
         }
-        if last.is_some_and(|t| t.elapsed() < self.min_refetch) {
-            return Ok(None);
+        match *last {
+            Some((at, false)) if at.elapsed() < self.min_refetch => Err(Unreachable(
+                "the IdP's JWKS could not be fetched (retrying shortly)".into(),
+            )),
+            Some((at, true)) if at.elapsed() < self.min_refetch => Ok(None),
+            _ => self.fetch_locked(&mut last, http, uri).await.map(Some),
         }
-        *last = Some(Instant::now());
-        let set = Arc::new(KeySet::parse(&get_json(http, uri).await?));
-        self.current.store(Some(set.clone()));
-        Ok(Some(set))
     }
 }
 
