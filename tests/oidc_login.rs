@@ -472,3 +472,112 @@ async fn the_cli_presents_tokens_from_a_file_and_from_client_credentials() {
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("user:      oidc-alice"));
 }
+
+/// One browser step: a request with the cookie jar; returns (status, redirect URL).
+fn browser(idp: &Idp, jar: &std::path::Path, url: &str, form: Option<&str>) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-c",
+    ])
+    .arg(jar)
+    .arg("-b")
+    .arg(jar)
+    .arg("--cacert")
+    .arg(&idp.ca);
+    if let Some(f) = form {
+        cmd.args(["--data", f]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (code, redirect) = text.split_once(' ').unwrap_or((&text, ""));
+    (code.parse().unwrap_or(0), redirect.to_string())
+}
+
+#[tokio::test]
+async fn the_cli_runs_the_authorization_code_flow_with_pkce() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempdir();
+    let run = tempdir();
+    let idp = Idp::start(dir.path());
+    idp.set_groups("oidc-gina", &["pcops"]).await;
+    let d = daemon(dir.path(), &idp, "jwt", &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "login",
+            "--oidc",
+            "--json",
+            "--redirect-port",
+            &port.to_string(),
+            "--server",
+            &d.url,
+            "--ca",
+        ])
+        .arg(d.ca())
+        .env("XDG_RUNTIME_DIR", run.path())
+        .env("PORTCULLIS_IDP_CA", &idp.ca)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut url = String::new();
+    for _ in 0..10 {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        if let Some(u) = line.trim().strip_prefix(&format!("{}/auth?", idp.url)) {
+            url = format!("{}/auth?{u}", idp.url);
+            break;
+        }
+    }
+    assert!(
+        url.contains("code_challenge_method=S256") && url.contains("state="),
+        "{url}"
+    );
+    assert!(
+        url.contains(&format!(
+            "redirect_uri=http%3A%2F%2F127.0.0.1%3A{port}%2Fcallback"
+        )),
+        "{url}"
+    );
+    // The user's browser: the IdP's login and consent pages, then the redirect back.
+    let jar = dir.path().join("jar");
+    let (_, interaction) = browser(&idp, &jar, &url, None);
+    let (_, resume) = browser(
+        &idp,
+        &jar,
+        &interaction,
+        Some("prompt=login&login=oidc-gina&password=x"),
+    );
+    let (_, consent) = browser(&idp, &jar, &resume, None);
+    let (_, resume) = browser(&idp, &jar, &consent, Some("prompt=consent"));
+    let (_, callback) = browser(&idp, &jar, &resume, None);
+    assert!(
+        callback.starts_with(&format!("http://127.0.0.1:{port}/callback?code=")),
+        "{callback}"
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", &callback])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Logged in"));
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["user"], "oidc-gina");
+    assert_eq!(strings(&v["groups"]), ["pcops"]);
+}

@@ -747,7 +747,7 @@ mod tests {
         let b = write(
             dir.path(),
             "b.json",
-            r#"{"security.session_ttl": 10, "security": {"oidc.issuer": "https://idp", "oidc": {"audience": "pc"}}}"#,
+            r#"{"security.session_ttl": 10, "security": {"oidc.issuer": "https://idp", "oidc": {"audience": "pc", "validation_mode": "jwt"}}}"#,
         );
         let l = load(&[a, b], false).unwrap();
         assert_eq!(l.config.security.session_ttl, 10);
