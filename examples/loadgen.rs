@@ -8,17 +8,36 @@
 //!   cargo run --release --example loadgen -- --mode keepalive --concurrency 8 \
 //!       --url https://127.0.0.1:4367/v1/session --ca ca.pem --header "Authorization: Bearer pcs_…"
 //!
+//!   # password logins on kept-alive connections (no client certificate)
+//!   cargo run --release --example loadgen -- --mode keepalive --method POST \
+//!       --url https://127.0.0.1:4367/v1/login --ca ca.pem --header "Authorization: Basic cGNhbGljZTo…"
+//!
+//!   # Kerberos logins: a fresh SPNEGO token (AP-REQ) from the default ccache per request
+//!   cargo run --release --example loadgen -- --mode keepalive --method POST \
+//!       --url https://localhost:4367/v1/login --ca ca.pem --negotiate HTTP@localhost
+//!
 //! Prints one line: 2xx responses per second, p50 and p99 latency of those responses,
 //! and the error count (transport failures and non-2xx answers); `--json` prints the
-//! same as one JSON object. In handshake mode the latency covers TCP connect, the TLS
-//! handshake and the request; TLS session resumption is off unless `--resume`, so
-//! every request pays a full handshake.
+//! same as one JSON object; `--latencies FILE` appends every 2xx latency (µs, one a
+//! line) so that a script can pool several runs. In handshake mode the latency covers
+//! TCP connect, the TLS handshake and the request; TLS session resumption is off
+//! unless `--resume`, so every request pays a full handshake.
+//!
+//! With `--negotiate SPN` every request carries `Authorization: Negotiate <base64>`
+//! with a new initiator context's first token (GSSAPI, the same calls as
+//! `portcullis login --kerberos`). Making the token blocks (it reads the credential
+//! cache; after the first request the service ticket is in the cache, so it is a
+//! local operation), so it runs on tokio's blocking threads, and each worker makes the
+//! token for its next request while the current one is in flight: the latency is
+//! the server's alone, and a token is never older than one request.
 
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use http_body_util::{BodyExt, Full};
@@ -26,6 +45,11 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
+use libgssapi::context::{ClientCtx, CtxFlags};
+use libgssapi::name::Name;
+use libgssapi::oid::{
+    GSS_MECH_KRB5, GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE, GSS_NT_KRB5_PRINCIPAL,
+};
 use rustls::ClientConfig;
 use rustls::client::Resumption;
 use rustls_pki_types::pem::PemObject;
@@ -90,6 +114,64 @@ struct Args {
     /// Allow TLS session resumption between handshake-mode connections
     #[arg(long)]
     resume: bool,
+    /// Send "Authorization: Negotiate <token>" with a fresh GSSAPI token for this
+    /// service per request: HTTP@host, HTTP/host or HTTP/host@REALM
+    #[arg(long, value_name = "SPN")]
+    negotiate: Option<String>,
+    /// Append each 2xx response's latency in µs, one a line (to pool several runs)
+    #[arg(long, value_name = "FILE")]
+    latencies: Option<PathBuf>,
+    /// Mechanism of the --negotiate tokens
+    #[arg(long, value_enum, default_value_t = NegotiateMech::Spnego, requires = "negotiate")]
+    negotiate_mech: NegotiateMech,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum NegotiateMech {
+    Spnego,
+    Krb5,
+}
+
+/// Where the `Authorization: Negotiate` tokens come from.
+struct Negotiate {
+    spn: String,
+    name_type: &'static libgssapi::oid::Oid,
+    mech: &'static libgssapi::oid::Oid,
+}
+
+impl Negotiate {
+    fn new(spn: &str, mech: NegotiateMech) -> Negotiate {
+        // The same reading of the name as `portcullis login --kerberos --spn`.
+        let (spn, name_type) = match (spn.split_once('/'), spn.contains('@')) {
+            (Some(_), true) => (spn.to_string(), &GSS_NT_KRB5_PRINCIPAL),
+            (Some((service, host)), false) => {
+                (format!("{service}@{host}"), &GSS_NT_HOSTBASED_SERVICE)
+            }
+            (None, _) => (spn.to_string(), &GSS_NT_HOSTBASED_SERVICE),
+        };
+        let mech = match mech {
+            NegotiateMech::Spnego => &GSS_MECH_SPNEGO,
+            NegotiateMech::Krb5 => &GSS_MECH_KRB5,
+        };
+        Negotiate {
+            spn,
+            name_type,
+            mech,
+        }
+    }
+
+    /// A new initiator context's first token, as a header value. Blocks.
+    fn header(&self) -> Result<HeaderValue, String> {
+        let target = Name::new(self.spn.as_bytes(), Some(self.name_type))
+            .map_err(|e| format!("service name {}: {e}", self.spn))?;
+        let mut ctx = ClientCtx::new(None, target, CtxFlags::GSS_C_MUTUAL_FLAG, Some(self.mech));
+        let token = ctx
+            .step(None, None)
+            .map_err(|e| format!("GSSAPI token for {} (kinit? KRB5CCNAME?): {e}", self.spn))?
+            .ok_or("GSSAPI produced no token")?;
+        HeaderValue::from_str(&format!("Negotiate {}", STANDARD.encode(&*token)))
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Everything a worker needs to open a connection and build a request.
@@ -103,6 +185,7 @@ struct Target {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// Protocol, cipher suite and key exchange of the first TLS connection.
     tls_info: OnceLock<String>,
+    negotiate: Option<Arc<Negotiate>>,
 }
 
 #[derive(Default)]
@@ -177,8 +260,7 @@ fn run(args: Args) -> Result<(), String> {
         Ok::<_, String>(all)
     })?;
     let cpu = cpu_seconds() - cpu_before;
-    report(&args, &target, stats, cpu);
-    Ok(())
+    report(&args, &target, stats, cpu)
 }
 
 fn target(args: &Args) -> Result<Target, String> {
@@ -243,6 +325,10 @@ fn target(args: &Args) -> Result<Target, String> {
         headers,
         tls,
         tls_info: OnceLock::new(),
+        negotiate: args
+            .negotiate
+            .as_deref()
+            .map(|spn| Arc::new(Negotiate::new(spn, args.negotiate_mech))),
     })
 }
 
@@ -345,14 +431,57 @@ where
     ))
 }
 
+/// Makes the `Authorization: Negotiate` header of a worker's next request while the
+/// current one is in flight (one token ahead, so none waits long enough to go stale).
+struct Tokens {
+    negotiate: Option<Arc<Negotiate>>,
+    next: Option<tokio::task::JoinHandle<Result<HeaderValue, String>>>,
+}
+
+impl Tokens {
+    fn new(target: &Target) -> Tokens {
+        let mut t = Tokens {
+            negotiate: target.negotiate.clone(),
+            next: None,
+        };
+        t.prefetch();
+        t
+    }
+
+    fn prefetch(&mut self) {
+        if let Some(n) = &self.negotiate {
+            let n = n.clone();
+            self.next = Some(tokio::task::spawn_blocking(move || n.header()));
+        }
+    }
+
+    /// The header for the request about to be sent (None without --negotiate); starts
+    /// making the one after it.
+    async fn take(&mut self) -> Result<Option<HeaderValue>, String> {
+        let Some(next) = self.next.take() else {
+            return Ok(None);
+        };
+        let header = next.await.map_err(|e| format!("token task: {e}"))?;
+        self.prefetch();
+        header.map(Some)
+    }
+}
+
 /// One request on an open connection; the status once the whole body is read.
-async fn request(sender: &mut Sender, target: &Target) -> Result<u16, String> {
+async fn request(
+    sender: &mut Sender,
+    target: &Target,
+    authorization: Option<HeaderValue>,
+) -> Result<u16, String> {
     let mut req = Request::builder()
         .method(target.method.clone())
         .uri(target.path.as_str())
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     *req.headers_mut() = target.headers.clone();
+    if let Some(value) = authorization {
+        req.headers_mut().insert(header::AUTHORIZATION, value);
+    }
     let resp = sender
         .send_request(req)
         .await
@@ -371,17 +500,26 @@ async fn handshake_worker(
     duration: Duration,
 ) -> Stats {
     let mut stats = Stats::default();
+    let mut tokens = Tokens::new(&target);
     start.wait().await;
     let started = Instant::now();
     let deadline = started + duration;
     stats.started = Some(started);
     while Instant::now() < deadline {
+        let authorization = match tokens.take().await {
+            Ok(a) => a,
+            Err(e) => {
+                stats.error(e);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
         let began = Instant::now();
         let result = match connect(&target).await {
             Ok((sender, driver)) => {
                 let exchange = async {
                     let mut sender = sender;
-                    let status = request(&mut sender, &target).await?;
+                    let status = request(&mut sender, &target, authorization).await?;
                     // Dropping the sender lets the driver close the connection.
                     Ok((status, began.elapsed()))
                 };
@@ -408,6 +546,7 @@ async fn keepalive_worker(
     duration: Duration,
 ) -> Stats {
     let mut stats = Stats::default();
+    let mut tokens = Tokens::new(&target);
     // Connect before the clock starts: this mode measures requests, not handshakes.
     let mut first = match connect(&target).await {
         Ok(c) => Some(c),
@@ -437,6 +576,7 @@ async fn keepalive_worker(
         };
         let stats = &mut stats;
         let target = &target;
+        let tokens = &mut tokens;
         let requests = async move {
             let mut sender = sender;
             while Instant::now() < deadline {
@@ -445,8 +585,16 @@ async fn keepalive_worker(
                 if sender.ready().await.is_err() {
                     return;
                 }
+                let authorization = match tokens.take().await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        stats.error(e);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                };
                 let began = Instant::now();
-                match request(&mut sender, target).await {
+                match request(&mut sender, target, authorization).await {
                     Ok(status) => stats.record(status, began.elapsed()),
                     Err(e) => return stats.error(e),
                 }
@@ -479,7 +627,7 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[rank - 1]) / 1000.0
 }
 
-fn report(args: &Args, target: &Target, stats: Vec<Stats>, cpu: f64) {
+fn report(args: &Args, target: &Target, stats: Vec<Stats>, cpu: f64) -> Result<(), String> {
     let started = stats.iter().filter_map(|s| s.started).min();
     let ended = stats.iter().filter_map(|s| s.ended).max();
     let elapsed = match (started, ended) {
@@ -491,6 +639,9 @@ fn report(args: &Args, target: &Target, stats: Vec<Stats>, cpu: f64) {
         .flat_map(|s| s.latencies.iter().copied())
         .collect();
     latencies.sort_unstable();
+    if let Some(path) = &args.latencies {
+        write_latencies(path, &latencies).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     let ok = latencies.len();
     let errors: u64 = stats.iter().map(|s| s.errors).sum();
     let reconnects: u64 = stats.iter().map(|s| s.reconnects).sum();
@@ -524,6 +675,7 @@ fn report(args: &Args, target: &Target, stats: Vec<Stats>, cpu: f64) {
             "reconnects": reconnects,
             "client_cpu_us": (cpu_us * 10.0).round() / 10.0,
             "tls": tls,
+            "negotiate": args.negotiate,
         });
         println!("{v}");
     } else {
@@ -532,4 +684,18 @@ fn report(args: &Args, target: &Target, stats: Vec<Stats>, cpu: f64) {
             target.method, args.url, args.concurrency,
         );
     }
+    Ok(())
+}
+
+fn write_latencies(path: &PathBuf, sorted: &[u32]) -> std::io::Result<()> {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let mut w = std::io::BufWriter::new(file);
+    for us in sorted {
+        writeln!(w, "{us}")?;
+    }
+    w.flush()
 }

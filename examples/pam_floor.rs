@@ -5,9 +5,15 @@
 //!   cargo run --release --example pam_floor -- --service portcullis-test \
 //!       --user pcalice --password alice-Secret-1 --concurrency 2 --duration 5 --json
 //!
-//! Prints transactions per second and p50/p99 latency, in the same shape as loadgen.
+//! Prints transactions per second and p50/p99 latency, in the same shape as loadgen,
+//! and the process's CPU time per transaction (`cpu_us`; PAM runs in-process, so
+//! that is the PAM stack's own cost). `--latencies FILE` appends every successful
+//! transaction's latency (µs, one a line) for pooling several runs. `runq_wait_us`:
+//! time the threads spent runnable but waiting for a CPU, per transaction.
 
 use std::ffi::{CStr, CString};
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -27,6 +33,9 @@ struct Args {
     duration: f64,
     #[arg(long)]
     json: bool,
+    /// Append each successful transaction's latency in µs, one a line
+    #[arg(long, value_name = "FILE")]
+    latencies: Option<PathBuf>,
 }
 
 struct Fixed {
@@ -60,15 +69,38 @@ fn once(a: &Args) -> Result<(), ErrorCode> {
     Ok(())
 }
 
+/// Time this thread has spent runnable but waiting for a CPU (the second field of
+/// /proc/thread-self/schedstat), in ns; 0 when the kernel does not keep it.
+fn runqueue_wait_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given and nothing else.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 fn main() {
     let args = Args::parse();
+    let cpu_before = cpu_seconds();
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
-    let results: Vec<(Vec<u32>, u64)> = std::thread::scope(|s| {
+    let results: Vec<(Vec<u32>, u64, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..args.concurrency)
             .map(|_| {
                 s.spawn(|| {
                     let (mut lat, mut errors) = (Vec::new(), 0u64);
+                    let waited = runqueue_wait_ns();
                     while Instant::now() < deadline {
                         let t = Instant::now();
                         match once(&args) {
@@ -76,18 +108,20 @@ fn main() {
                             Err(_) => errors += 1,
                         }
                     }
-                    (lat, errors)
+                    (lat, errors, runqueue_wait_ns().saturating_sub(waited))
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
     let mut lat: Vec<u32> = results
         .iter()
-        .flat_map(|(l, _)| l.iter().copied())
+        .flat_map(|(l, _, _)| l.iter().copied())
         .collect();
-    let errors: u64 = results.iter().map(|(_, e)| e).sum();
+    let errors: u64 = results.iter().map(|(_, e, _)| e).sum();
+    let waited_ns: u64 = results.iter().map(|(_, _, w)| w).sum();
     lat.sort_unstable();
     let pct = |p: f64| {
         if lat.is_empty() {
@@ -97,15 +131,39 @@ fn main() {
         f64::from(lat[rank - 1]) / 1000.0
     };
     let rate = lat.len() as f64 / elapsed;
+    let (cpu_us, wait_us) = if lat.is_empty() {
+        (0.0, 0.0)
+    } else {
+        let n = lat.len() as f64;
+        (cpu * 1e6 / n, waited_ns as f64 / 1e3 / n)
+    };
+    if let Some(path) = &args.latencies {
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|f| {
+                let mut w = std::io::BufWriter::new(f);
+                lat.iter().try_for_each(|us| writeln!(w, "{us}"))?;
+                w.flush()
+            });
+        if let Err(e) = written {
+            eprintln!("pam_floor: {}: {e}", path.display());
+            std::process::exit(2);
+        }
+    }
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"mode": "pam", "concurrency": args.concurrency, "requests": lat.len(),
-                "rate": (rate * 10.0).round() / 10.0, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "errors": errors})
+            serde_json::json!({"mode": "pam", "service": args.service, "concurrency": args.concurrency,
+                "seconds": (elapsed * 1000.0).round() / 1000.0, "requests": lat.len(),
+                "rate": (rate * 10.0).round() / 10.0, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+                "errors": errors, "cpu_us": (cpu_us * 10.0).round() / 10.0,
+                "runq_wait_us": (wait_us * 10.0).round() / 10.0})
         );
     } else {
         println!(
-            "pam {} c={} {elapsed:.2}s: {rate:.1} tx/s, p50 {:.3} ms, p99 {:.3} ms, {errors} errors",
+            "pam {} c={} {elapsed:.2}s: {rate:.1} tx/s, p50 {:.3} ms, p99 {:.3} ms, {errors} errors, CPU {cpu_us:.0} µs/tx",
             args.service,
             args.concurrency,
             pct(0.5),
