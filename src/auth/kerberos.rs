@@ -19,7 +19,7 @@ use super::{
     AuthError, Authenticator, BoxFuture, Credentials, Identity, LoginContext, Outcome,
     valid_username,
 };
-use crate::blocking::{BlockingPool, PoolError};
+use crate::blocking::BlockingPool;
 use crate::config::Mechanism;
 
 #[link(name = "krb5")]
@@ -88,20 +88,7 @@ impl KerberosAuthenticator {
     }
 
     async fn accept(&self, token: Vec<u8>) -> Result<Outcome, AuthError> {
-        let accepted =
-            self.pool
-                .run(move || accept_token(&token))
-                .await
-                .map_err(|e| match e {
-                    PoolError::Busy => AuthError::Unavailable {
-                        reason: "busy",
-                        message: "too many logins in progress; try again shortly".into(),
-                    },
-                    PoolError::Panicked => AuthError::Unavailable {
-                        reason: "gssapi_failed",
-                        message: "the Kerberos acceptor failed".into(),
-                    },
-                })??;
+        let accepted = self.pool.run(move || accept_token(&token)).await??;
         if let Some(want) = &self.principal
             && &accepted.target != want
         {

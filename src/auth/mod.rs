@@ -185,6 +185,24 @@ impl AuthError {
     }
 }
 
+/// The blocking pool being full is an outage of the login service, not a wrong password.
+impl From<crate::blocking::PoolError> for AuthError {
+    fn from(e: crate::blocking::PoolError) -> Self {
+        let (reason, message) = match e {
+            crate::blocking::PoolError::Busy => {
+                ("busy", "too many logins in progress; try again shortly")
+            }
+            crate::blocking::PoolError::Panicked => {
+                ("internal", "the login failed inside the server")
+            }
+        };
+        AuthError::Unavailable {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
 pub trait Authenticator: Send + Sync {
     fn mechanism(&self) -> Mechanism;
 

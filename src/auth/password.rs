@@ -27,7 +27,7 @@ use super::{
     AuthError, Authenticator, BoxFuture, Challenge, Credentials, Identity, LoginContext, Outcome,
     Prompt, PromptStyle, Secret, valid_username,
 };
-use crate::blocking::{BlockingPool, PoolError};
+use crate::blocking::BlockingPool;
 use crate::config::Mechanism;
 use crate::throttle::Throttle;
 
@@ -102,13 +102,7 @@ impl PasswordAuthenticator {
         let user = username.clone();
         self.pool
             .spawn(move || pam_transaction(&service, &user, password, &rhost, events_tx, timeout))
-            .await
-            .map_err(|e| match e {
-                PoolError::Busy => {
-                    unavailable("busy", "too many logins in progress; try again shortly")
-                }
-                PoolError::Panicked => unavailable("pam_failed", "PAM failed"),
-            })?;
+            .await?;
         self.follow(username, events, ctx).await
     }
 
