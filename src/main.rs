@@ -101,6 +101,9 @@ fn print_dev_banner(cfg: &config::Config, created: bool, addr: std::net::SocketA
     println!("  URL:    {url}");
     println!("  CA:     {}", dir.join("ca.pem").display());
     let d = dir.display();
+    // The commands name this very binary, so they paste even when it is not on PATH.
+    let exe =
+        std::env::current_exe().map_or_else(|_| "portcullis".into(), |p| p.display().to_string());
     let ca = format!("{d}/ca.pem");
     if cfg.security.mechanisms.contains(&Mechanism::Password) {
         println!(
@@ -108,7 +111,7 @@ fn print_dev_banner(cfg: &config::Config, created: bool, addr: std::net::SocketA
             cfg.security.pam_service
         );
         println!("    curl --cacert {ca} -u {user} -X POST {url}/v1/login");
-        println!("    portcullis login --server {url} --ca {ca} --user {user}");
+        println!("    {exe} login --server {url} --ca {ca} --user {user}");
     } else {
         println!(
             "  password logins are off: /etc/pam.d/{} is missing (copy pam.d/portcullis there)",
@@ -124,18 +127,16 @@ fn print_dev_banner(cfg: &config::Config, created: bool, addr: std::net::SocketA
             addr.port()
         );
         println!(
-            "    portcullis login --kerberos --server https://localhost:{} --ca {ca}",
+            "    {exe} login --kerberos --server https://localhost:{} --ca {ca}",
             addr.port()
         );
     }
     println!("  log in with a client certificate:");
-    println!("    portcullis dev-certs --dir {d} --user {user}");
+    println!("    {exe} dev-certs --dir {d} --user {user}");
     println!(
         "    curl --cacert {ca} --cert {d}/{user}.pem --key {d}/{user}.key -X POST {url}/v1/login"
     );
-    println!(
-        "    portcullis login --server {url} --ca {ca} --cert {d}/{user}.pem --key {d}/{user}.key"
-    );
+    println!("    {exe} login --server {url} --ca {ca} --cert {d}/{user}.pem --key {d}/{user}.key");
 }
 
 fn main() -> ExitCode {
