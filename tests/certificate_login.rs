@@ -64,10 +64,7 @@ async fn certificate_login_returns_groups_and_labels_and_the_session_validates()
     .json();
     assert_eq!(strings(&bob["groups"]), ["pcbob", "pcanalysts"]);
     assert_eq!(strings(&bob["labels"]), ["apple", "banana", "public"]);
-    let carol = post_login(&d.client(Some("pccarol")), None)
-        .await
-        .unwrap()
-        .json();
+    let carol = d.cert_login("pccarol").await;
     assert_eq!(strings(&carol["labels"]), ["public"]);
 
     // Any client (no certificate needed) can validate the session.
@@ -259,10 +256,7 @@ async fn sessions_expire_after_their_ttl_and_end_at_logout() {
     let dir = tempdir();
     let d = Daemon::start(dir.path(), &["security.session_ttl=1"]);
     d.dev_certs(&["pcalice"]);
-    let v = post_login(&d.client(Some("pcalice")), None)
-        .await
-        .unwrap()
-        .json();
+    let v = d.cert_login("pcalice").await;
     assert_eq!(v["expires_in"], 1);
     let token = v["session"].as_str().unwrap().to_string();
     assert_eq!(get_session(&d.client(None), &token).await.status, 200);
@@ -281,13 +275,7 @@ async fn sessions_expire_after_their_ttl_and_end_at_logout() {
     let d = Daemon::start(dir.path(), &["security.session_idle_timeout=1"]);
     d.dev_certs(&["pcalice"]);
     let client = d.client(None);
-    let token = post_login(&d.client(Some("pcalice")), None)
-        .await
-        .unwrap()
-        .json()["session"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = d.cert_session("pcalice").await;
     assert_eq!(get_session(&client, &token).await.status, 200);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
@@ -297,13 +285,7 @@ async fn sessions_expire_after_their_ttl_and_end_at_logout() {
     );
 
     // Logout: 204, then the token is dead.
-    let token = post_login(&d.client(Some("pcalice")), None)
-        .await
-        .unwrap()
-        .json()["session"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = d.cert_session("pcalice").await;
     let auth = format!("Bearer {token}");
     let r = client
         .request(

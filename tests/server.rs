@@ -236,10 +236,7 @@ async fn audit_log_is_json_lines_without_secrets() {
     let dir = tempdir();
     let d = Daemon::start(dir.path(), &["log.format=json"]);
     d.dev_certs(&["pcalice"]);
-    let v = post_login(&d.client(Some("pcalice")), None)
-        .await
-        .unwrap()
-        .json();
+    let v = d.cert_login("pcalice").await;
     let token = v["session"].as_str().unwrap().to_string();
     let auth = format!("Bearer {token}");
     d.client(None)
@@ -289,14 +286,7 @@ async fn sighup_reloads_labels_and_certificates_and_keeps_connections() {
     d.dev_certs(&["pcalice"]);
     let mut conn = KeepAlive::connect(&d).await;
     assert_eq!(conn.get("/healthz").await.unwrap(), 200);
-    let labels = || async {
-        strings(
-            &post_login(&d.client(Some("pcalice")), None)
-                .await
-                .unwrap()
-                .json()["labels"],
-        )
-    };
+    let labels = || async { strings(&d.cert_login("pcalice").await["labels"]) };
     assert_eq!(labels().await, ["apple"]);
 
     std::fs::write(&gl, "pcanalysts,apple\npcops,cherry\n").unwrap();

@@ -134,6 +134,22 @@ impl Daemon {
         Client::new(&self.url, Some(&self.ca()), Some((cert, key))).unwrap()
     }
 
+    /// A certificate login as `user` (see [`Daemon::dev_certs`]): the reply's JSON.
+    pub async fn cert_login(&self, user: &str) -> serde_json::Value {
+        post_login(&self.client(Some(user)), None)
+            .await
+            .unwrap()
+            .json()
+    }
+
+    /// The session token of a certificate login as `user`.
+    pub async fn cert_session(&self, user: &str) -> String {
+        self.cert_login(user).await["session"]
+            .as_str()
+            .expect("a session token")
+            .to_string()
+    }
+
     /// Make `<dir>/<user>.pem|key` with the real `portcullis dev-certs`.
     pub fn dev_certs(&self, users: &[&str]) {
         dev_certs(&self.dir, users);
