@@ -291,3 +291,41 @@ fn dev_mode_reuses_its_ca_across_restarts() {
     let _d = Daemon::start(dir.path(), &[]);
     assert_eq!(ca1, std::fs::read(dir.path().join("ca.pem")).unwrap());
 }
+
+#[test]
+fn the_shipped_example_configuration_is_valid() {
+    let dir = tempdir();
+    dev_certs(dir.path(), &[]);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let o = Command::new(BIN)
+        .arg("check-config")
+        .arg("-c")
+        .arg(root.join("etc/portcullis/portcullis.conf"))
+        // Only the file locations of this machine differ from an installed host.
+        .args(["-D", &format!("ssl.cert_file={}", p("server.pem"))])
+        .args(["-D", &format!("ssl.key_file={}", p("server.key"))])
+        .args(["-D", &format!("ssl.client_ca_file={}", p("ca.pem"))])
+        .args([
+            "-D",
+            &format!(
+                "security.labelfile={}",
+                root.join("etc/portcullis/label.csv").display()
+            ),
+        ])
+        .args([
+            "-D",
+            &format!(
+                "security.grouplabelfile={}",
+                root.join("etc/portcullis/grouplabel.csv").display()
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["security"]["mechanisms"],
+        serde_json::json!(["password", "certificate"])
+    );
+}
