@@ -18,8 +18,11 @@
 //! make one token, for scale). `--latencies FILE` appends every accept's latency (µs,
 //! one a line) for pooling several runs.
 
-use std::io::Write;
 use std::path::PathBuf;
+
+#[path = "support/measure.rs"]
+mod measure;
+use measure::{percentile, write_latencies};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -229,20 +232,11 @@ fn main() {
     for e in samples.iter().take(5) {
         eprintln!("krb_floor: error: {e}");
     }
-    if let Some(path) = &args.latencies {
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|f| {
-                let mut w = std::io::BufWriter::new(f);
-                lat.iter().try_for_each(|us| writeln!(w, "{us}"))?;
-                w.flush()
-            });
-        if let Err(e) = written {
-            eprintln!("krb_floor: {}: {e}", path.display());
-            std::process::exit(2);
-        }
+    if let Some(path) = &args.latencies
+        && let Err(e) = write_latencies(path, &lat)
+    {
+        eprintln!("krb_floor: {}: {e}", path.display());
+        std::process::exit(2);
     }
     let made: u64 = results.iter().map(|t| t.made).sum();
     let making: f64 = results.iter().map(|t| t.making.as_secs_f64()).sum();
@@ -252,13 +246,7 @@ fn main() {
     } else {
         0.0
     };
-    let pct = |p: f64| {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        let rank = ((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len());
-        f64::from(lat[rank - 1]) / 1000.0
-    };
+    let pct = |p: f64| percentile(&lat, p, 1000.0);
     let rate = if elapsed > 0.0 {
         lat.len() as f64 / elapsed
     } else {

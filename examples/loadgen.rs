@@ -32,6 +32,10 @@
 //! the server's alone, and a token is never older than one request.
 
 use std::path::PathBuf;
+
+#[path = "support/measure.rs"]
+mod measure;
+use measure::{cpu_seconds, percentile, write_latencies};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -606,27 +610,6 @@ async fn keepalive_worker(
     stats
 }
 
-/// CPU time (user + system) this process has used, in seconds.
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the struct it is given and nothing else.
-    let usage = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut u);
-        u
-    };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
-}
-
-/// Nearest-rank percentile of sorted microseconds, in milliseconds.
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    f64::from(sorted[rank - 1]) / 1000.0
-}
-
 fn report(args: &Args, target: &Target, stats: Vec<Stats>, cpu: f64) -> Result<(), String> {
     let started = stats.iter().filter_map(|s| s.started).min();
     let ended = stats.iter().filter_map(|s| s.ended).max();
@@ -646,7 +629,10 @@ fn report(args: &Args, target: &Target, stats: Vec<Stats>, cpu: f64) -> Result<(
     let errors: u64 = stats.iter().map(|s| s.errors).sum();
     let reconnects: u64 = stats.iter().map(|s| s.reconnects).sum();
     let rate = ok as f64 / elapsed;
-    let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+    let (p50, p99) = (
+        percentile(&latencies, 0.50, 1000.0),
+        percentile(&latencies, 0.99, 1000.0),
+    );
     // The load generator's own CPU per answered request: on a machine it shares with
     // the server, this is the part of the CPU the server did not get.
     let cpu_us = if ok > 0 { cpu * 1e6 / ok as f64 } else { 0.0 };
@@ -685,17 +671,4 @@ fn report(args: &Args, target: &Target, stats: Vec<Stats>, cpu: f64) -> Result<(
         );
     }
     Ok(())
-}
-
-fn write_latencies(path: &PathBuf, sorted: &[u32]) -> std::io::Result<()> {
-    use std::io::Write;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    let mut w = std::io::BufWriter::new(file);
-    for us in sorted {
-        writeln!(w, "{us}")?;
-    }
-    w.flush()
 }

@@ -8,6 +8,10 @@
 //! Prints verifications per second and p50/p99, in the same shape as loadgen.
 
 use std::path::PathBuf;
+
+#[path = "support/measure.rs"]
+mod measure;
+use measure::percentile;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -76,10 +80,7 @@ fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let mut lat: Vec<u32> = results.into_iter().flatten().collect();
     lat.sort_unstable();
-    let pct = |p: f64| {
-        let rank = ((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len());
-        f64::from(lat[rank - 1]) / 1e6
-    };
+    let pct = |p: f64| percentile(&lat, p, 1e6);
     let rate = lat.len() as f64 / elapsed;
     if args.json {
         println!(

@@ -12,8 +12,11 @@
 //! time the threads spent runnable but waiting for a CPU, per transaction.
 
 use std::ffi::{CStr, CString};
-use std::io::Write;
 use std::path::PathBuf;
+
+#[path = "support/measure.rs"]
+mod measure;
+use measure::{cpu_seconds, percentile, write_latencies};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -78,18 +81,6 @@ fn runqueue_wait_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system) this process has used, in seconds.
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the struct it is given and nothing else.
-    let usage = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut u);
-        u
-    };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
-}
-
 fn main() {
     let args = Args::parse();
     let cpu_before = cpu_seconds();
@@ -123,13 +114,7 @@ fn main() {
     let errors: u64 = results.iter().map(|(_, e, _)| e).sum();
     let waited_ns: u64 = results.iter().map(|(_, _, w)| w).sum();
     lat.sort_unstable();
-    let pct = |p: f64| {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        let rank = ((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len());
-        f64::from(lat[rank - 1]) / 1000.0
-    };
+    let pct = |p: f64| percentile(&lat, p, 1000.0);
     let rate = lat.len() as f64 / elapsed;
     let (cpu_us, wait_us) = if lat.is_empty() {
         (0.0, 0.0)
@@ -137,20 +122,11 @@ fn main() {
         let n = lat.len() as f64;
         (cpu * 1e6 / n, waited_ns as f64 / 1e3 / n)
     };
-    if let Some(path) = &args.latencies {
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|f| {
-                let mut w = std::io::BufWriter::new(f);
-                lat.iter().try_for_each(|us| writeln!(w, "{us}"))?;
-                w.flush()
-            });
-        if let Err(e) = written {
-            eprintln!("pam_floor: {}: {e}", path.display());
-            std::process::exit(2);
-        }
+    if let Some(path) = &args.latencies
+        && let Err(e) = write_latencies(path, &lat)
+    {
+        eprintln!("pam_floor: {}: {e}", path.display());
+        std::process::exit(2);
     }
     if args.json {
         println!(
