@@ -62,6 +62,8 @@ pub struct AppState {
     pub pipeline: Pipeline,
     /// `None` when `ssl.enabled` is false; swapped whole on SIGHUP.
     pub tls: Option<ArcSwap<tls::TlsSetup>>,
+    /// `WWW-Authenticate` values for a login 401.
+    pub login_challenges: Vec<String>,
 }
 
 /// A startup problem: exit 2 for configuration and files, 1 for the rest.
@@ -155,6 +157,7 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
         Duration::from_secs(config.security.session_ttl),
     );
     Ok(AppState {
+        login_challenges: routes::login_challenges(pipeline.enabled()),
         config: Arc::new(config),
         pipeline,
         tls,

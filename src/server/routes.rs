@@ -74,13 +74,7 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
     match e {
         ApiError::Unauthorized {
             www_authenticate, ..
-        } => {
-            for scheme in www_authenticate {
-                if let Ok(v) = HeaderValue::from_str(scheme) {
-                    h.append(header::WWW_AUTHENTICATE, v);
-                }
-            }
-        }
+        } => append_challenges(h, www_authenticate),
         ApiError::TooManyAttempts { retry_after } => {
             h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
@@ -122,11 +116,10 @@ fn methods(state: &AppState) -> Response<Body> {
     json_response(StatusCode::OK, &body)
 }
 
-/// The `WWW-Authenticate` challenges of every enabled scheme (SPEC §4).
-fn login_challenges(state: &AppState) -> Vec<String> {
-    state
-        .pipeline
-        .enabled()
+/// The `WWW-Authenticate` challenges of every enabled scheme (SPEC §4); computed once
+/// at startup, since the enabled mechanisms never change while running.
+pub fn login_challenges(enabled: &[Mechanism]) -> Vec<String> {
+    enabled
         .iter()
         .filter_map(|m| match m {
             Mechanism::Kerberos => Some("Negotiate".to_string()),
@@ -136,6 +129,14 @@ fn login_challenges(state: &AppState) -> Vec<String> {
             Mechanism::Certificate => None,
         })
         .collect()
+}
+
+fn append_challenges(headers: &mut HeaderMap, schemes: &[String]) {
+    for scheme in schemes {
+        if let Ok(v) = HeaderValue::from_str(scheme) {
+            headers.append(header::WWW_AUTHENTICATE, v);
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -181,7 +182,7 @@ async fn login(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body, ctx) = login_request(state, conn, req).await?;
-    let challenges = login_challenges(state);
+    let challenges = &state.login_challenges;
     let credentials = match extract_credentials(&parts.headers, &body, conn) {
         Ok(c) => c,
         Err(e) => {
@@ -191,7 +192,7 @@ async fn login(
                 "none"
             };
             state.pipeline.record_refusal(mechanism, &e, &ctx);
-            return Err(ApiError::from_auth(e, challenges));
+            return Err(ApiError::from_auth(e, challenges.clone()));
         }
     };
     drop(body);
@@ -200,7 +201,7 @@ async fn login(
 
 fn login_answer(
     result: Result<LoginResult, AuthError>,
-    challenges: Vec<String>,
+    challenges: &[String],
 ) -> Result<Response<Body>, ApiError> {
     match result {
         Ok(LoginResult::Session {
@@ -226,14 +227,10 @@ fn login_answer(
                 StatusCode::UNAUTHORIZED,
                 &json!({"conversation": c.conversation, "prompts": c.prompts}),
             );
-            for scheme in challenges {
-                if let Ok(v) = HeaderValue::from_str(&scheme) {
-                    resp.headers_mut().append(header::WWW_AUTHENTICATE, v);
-                }
-            }
+            append_challenges(resp.headers_mut(), challenges);
             Ok(resp)
         }
-        Err(e) => Err(ApiError::from_auth(e, challenges)),
+        Err(e) => Err(ApiError::from_auth(e, challenges.to_vec())),
     }
 }
 
@@ -267,10 +264,9 @@ async fn login_continue(
         conversation,
         answers: answers.answers.into_iter().map(Secret::from).collect(),
     };
-    let challenges = login_challenges(state);
     login_answer(
         state.pipeline.login(Some(credentials), &ctx).await,
-        challenges,
+        &state.login_challenges,
     )
 }
 
