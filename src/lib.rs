@@ -9,6 +9,7 @@ pub mod devcerts;
 pub mod directory;
 pub mod error;
 pub mod labels;
+pub mod logsafe;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;

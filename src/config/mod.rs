@@ -101,6 +101,10 @@ pub struct System {
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     pub shutdown_timeout: u64,
+    /// Close a connection with no request in progress after this long (SPEC §9).
+    pub idle_timeout: u64,
+    /// Connections one client address (IPv6: its /64) may hold open at once.
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +117,8 @@ pub struct Ssl {
     pub crl_files: Vec<PathBuf>,
     /// `true` when TLS 1.3 is the floor (`ssl.min_version = "1.3"`).
     pub tls13_only: bool,
+    /// Accept certificate logins although a CRL is past its nextUpdate.
+    pub crl_allow_expired: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +131,8 @@ pub struct Security {
     pub krb_realms: Vec<String>,
     pub krb_allow_instances: bool,
     pub pki_user_field: PkiUserField,
+    /// With `pki_user_field = email`: the domains whose addresses may log in.
+    pub pki_email_domains: Vec<String>,
     pub session_ttl: u64,
     pub session_idle_timeout: u64,
     pub labelfile: Option<PathBuf>,
@@ -134,12 +142,20 @@ pub struct Security {
     pub max_failed_attempts: u64,
     pub failed_attempt_window: u64,
     pub pam_conversation_timeout: u64,
+    /// PAM conversations that may wait for an answer at once (2 per address).
+    pub pam_max_conversations: usize,
+    /// Origins besides the daemon's own that may POST logins (SPEC §9).
+    pub allowed_origins: Vec<String>,
+    pub max_sessions_per_user: usize,
+    pub max_sessions: usize,
     pub oidc: Oidc,
 }
 
 #[derive(Clone, Default)]
 pub struct Oidc {
     pub introspection_cache_ttl: u64,
+    /// Least time between two JWKS fetches caused by an unknown `kid`.
+    pub jwks_refetch_interval: u64,
     pub issuer: Option<String>,
     pub client_id: Option<String>,
     pub audience: Option<String>,
@@ -505,6 +521,16 @@ pub fn pam_service_installed(service: &str) -> bool {
             || (!pam_d.is_dir() && Path::new("/etc/pam.conf").exists()))
 }
 
+/// An RFC 6454 serialized origin as browsers send it in `Origin`.
+fn valid_origin(o: &str) -> bool {
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' '])
+}
+
 fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> Option<Config> {
     let s = |k: &str| eff.get(k).and_then(Value::as_str).map(str::to_string);
     let path = |k: &str| s(k).map(PathBuf::from);
@@ -621,6 +647,10 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
         "system.blocking_threads",
         "system.handshake_timeout",
         "system.request_timeout",
+        "system.idle_timeout",
+        "system.max_connections_per_address",
+        "security.max_sessions_per_user",
+        "security.max_sessions",
     ] {
         if u(k) == 0 {
             errors.push(format!("\"{k}\" must be at least 1"));
@@ -628,6 +658,19 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
     }
     if u("system.max_header_bytes") < 8192 {
         errors.push("\"system.max_header_bytes\" must be at least 8192".into());
+    }
+    if mechanisms.contains(&Mechanism::Certificate)
+        && s("security.pki_user_field").as_deref() == Some("email")
+        && list("security.pki_email_domains").is_empty()
+    {
+        errors.push("\"security.pki_user_field\" is email but \"security.pki_email_domains\" is empty; list the domains whose addresses may log in (e.g. [\"example.com\"])".into());
+    }
+    for o in list("security.allowed_origins") {
+        if !valid_origin(&o) {
+            errors.push(format!(
+                "\"security.allowed_origins\": \"{o}\" is not an origin (scheme://host[:port], no path), e.g. https://app.example.com"
+            ));
+        }
     }
     let default_labels = list("security.default_labels");
     for l in &default_labels {
@@ -651,6 +694,8 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
             max_header_bytes: u("system.max_header_bytes") as usize,
             max_body_bytes: u("system.max_body_bytes") as usize,
             shutdown_timeout: u("system.shutdown_timeout"),
+            idle_timeout: u("system.idle_timeout"),
+            max_connections_per_address: u("system.max_connections_per_address") as usize,
         },
         ssl: Ssl {
             enabled: ssl_enabled,
@@ -660,6 +705,7 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
             client_auth,
             crl_files,
             tls13_only: s("ssl.min_version").as_deref() == Some("1.3"),
+            crl_allow_expired: b("ssl.crl_allow_expired"),
         },
         security: Security {
             mechanisms,
@@ -674,6 +720,10 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
                 Some("email") => PkiUserField::Email,
                 _ => PkiUserField::Uid,
             },
+            pki_email_domains: list("security.pki_email_domains")
+                .into_iter()
+                .map(|d| d.trim_start_matches('@').to_ascii_lowercase())
+                .collect(),
             session_ttl: u("security.session_ttl"),
             session_idle_timeout: u("security.session_idle_timeout"),
             labelfile: path("security.labelfile"),
@@ -683,8 +733,13 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
             max_failed_attempts: u("security.max_failed_attempts"),
             failed_attempt_window: u("security.failed_attempt_window"),
             pam_conversation_timeout: u("security.pam_conversation_timeout"),
+            pam_max_conversations: u("security.pam_max_conversations") as usize,
+            allowed_origins: list("security.allowed_origins"),
+            max_sessions_per_user: u("security.max_sessions_per_user") as usize,
+            max_sessions: u("security.max_sessions") as usize,
             oidc: Oidc {
                 introspection_cache_ttl: u("security.oidc.introspection_cache_ttl"),
+                jwks_refetch_interval: u("security.oidc.jwks_refetch_interval"),
                 issuer: s("security.oidc.issuer"),
                 client_id: s("security.oidc.client_id"),
                 audience: s("security.oidc.audience"),
