@@ -12,12 +12,10 @@ pub struct Untrusted<'a>(pub &'a str);
 
 impl fmt::Display for Untrusted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut n = 0;
-        for c in self.0.chars() {
+        for (n, c) in self.0.chars().enumerate() {
             if n == MAX_CHARS {
                 return f.write_str("…");
             }
-            n += 1;
             if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
                 write!(f, "{}", c.escape_unicode())?;
             } else {
