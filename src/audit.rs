@@ -27,3 +27,14 @@ pub fn logout(peer: SocketAddr, user: Option<&str>, result: &str) {
         result,
     );
 }
+
+/// Sessions revoked because `user` reached `security.max_sessions_per_user`.
+pub fn sessions_evicted(user: &str, count: usize) {
+    tracing::info!(
+        target: TARGET,
+        event = "session_revoked",
+        user,
+        reason = "max_sessions_per_user",
+        count,
+    );
+}

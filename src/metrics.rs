@@ -16,6 +16,16 @@ pub struct LoginLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     logins: Family<LoginLabels, Counter>,
@@ -23,6 +33,10 @@ pub struct Metrics {
     active_sessions: Gauge<i64, std::sync::atomic::AtomicI64>,
     handshake_failures: Counter<u64, AtomicU64>,
     connections: Gauge<i64, std::sync::atomic::AtomicI64>,
+    blocking_in_use: Family<PoolLabels, Gauge>,
+    blocking_slow: Family<PoolLabels, Counter>,
+    connections_cut: Family<ReasonLabels, Counter>,
+    sessions_evicted: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -60,8 +74,40 @@ impl Metrics {
             "Open client connections",
             connections.clone(),
         );
+        let blocking_in_use = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "blocking_in_use",
+            "Slots in use per blocking-call pool (pam, nss, gssapi)",
+            blocking_in_use.clone(),
+        );
+        let blocking_slow = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "blocking_slow_calls",
+            "Blocking calls that held their slot longer than 5 s",
+            blocking_slow.clone(),
+        );
+        let connections_cut = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed_by_limit",
+            "Connections the daemon closed: idle (system.idle_timeout) or over the per-address cap",
+            connections_cut.clone(),
+        );
+        let sessions_evicted = Counter::default();
+        registry.register(
+            "sessions_evicted",
+            "Sessions revoked because their user reached security.max_sessions_per_user",
+            sessions_evicted.clone(),
+        );
+        for pool in ["pam", "nss", "gssapi"] {
+            let _ = blocking_in_use.get_or_create(&PoolLabels { pool });
+            let _ = blocking_slow.get_or_create(&PoolLabels { pool });
+        }
         Metrics {
             registry,
+            blocking_in_use,
+            blocking_slow,
+            connections_cut,
+            sessions_evicted,
             logins,
             latency,
             active_sessions,
@@ -87,6 +133,33 @@ impl Metrics {
 
     pub fn connection_closed(&self) {
         self.connections.dec();
+    }
+
+    pub fn blocking_slot_taken(&self, pool: &'static str) {
+        self.blocking_in_use
+            .get_or_create(&PoolLabels { pool })
+            .inc();
+    }
+
+    pub fn blocking_slot_returned(&self, pool: &'static str) {
+        self.blocking_in_use
+            .get_or_create(&PoolLabels { pool })
+            .dec();
+    }
+
+    pub fn blocking_slow(&self, pool: &'static str) {
+        self.blocking_slow.get_or_create(&PoolLabels { pool }).inc();
+    }
+
+    /// `reason`: `idle` or `per_address_limit`.
+    pub fn connection_cut(&self, reason: &'static str) {
+        self.connections_cut
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn session_evicted(&self) {
+        self.sessions_evicted.inc();
     }
 
     /// Text exposition format; the session gauge is read at scrape time.

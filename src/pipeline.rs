@@ -17,7 +17,8 @@ use crate::config::Mechanism;
 use crate::directory::{Directory, DirectoryError};
 use crate::labels::LabelMap;
 use crate::metrics::Metrics;
-use crate::session::{Session, SessionInfo, SessionStore, Token};
+use crate::session::{Session, SessionError, SessionInfo, SessionStore, Token};
+use crate::throttle::Throttle;
 
 pub enum LoginResult {
     Session {
@@ -37,6 +38,9 @@ pub struct Pipeline {
     pub sessions: Arc<dyn SessionStore>,
     pub metrics: Arc<Metrics>,
     session_ttl: Duration,
+    /// Failed logins of every mechanism count against the client's address (SPEC §9);
+    /// the password mechanism also reserves per user name through the same throttle.
+    throttle: Arc<Throttle>,
 }
 
 impl Pipeline {
@@ -47,6 +51,7 @@ impl Pipeline {
         sessions: Arc<dyn SessionStore>,
         metrics: Arc<Metrics>,
         session_ttl: Duration,
+        throttle: Arc<Throttle>,
     ) -> Self {
         let enabled = authenticators.iter().map(|a| a.mechanism()).collect();
         Pipeline {
@@ -60,6 +65,7 @@ impl Pipeline {
             sessions,
             metrics,
             session_ttl,
+            throttle,
         }
     }
 
@@ -102,6 +108,9 @@ impl Pipeline {
     /// Audit and count a login refused before it reached an authenticator
     /// (malformed request, refused client certificate).
     pub fn record_refusal(&self, mechanism: &'static str, e: &AuthError, ctx: &LoginContext) {
+        if counts_as_guess(e) {
+            self.throttle.peer_failure(ctx.peer.ip());
+        }
         let outcome = outcome_of(e);
         audit::login(ctx.peer, mechanism, None, outcome, e.reason());
         self.metrics.login(mechanism, outcome, 0.0);
@@ -138,10 +147,21 @@ impl Pipeline {
                 None,
             );
         };
+        // The password mechanism reserves per user and address itself (exact under
+        // concurrency); the others are refused once their address used its failures.
+        let per_address = mechanism != Mechanism::Password;
+        if per_address && let Err(retry_after) = self.throttle.check_peer(ctx.peer.ip()) {
+            return (Err(AuthError::TooManyAttempts { retry_after }), None);
+        }
         let identity = match authenticator.authenticate(credentials, ctx).await {
             Ok(Outcome::Authenticated(identity)) => identity,
             Ok(Outcome::Challenge(c)) => return (Ok(LoginResult::Challenge(c)), None),
-            Err(e) => return (Err(e), None),
+            Err(e) => {
+                if per_address && counts_as_guess(&e) {
+                    self.throttle.peer_failure(ctx.peer.ip());
+                }
+                return (Err(e), None);
+            }
         };
         let user = identity.user.clone();
         (self.issue(identity).await, Some(user))
@@ -179,7 +199,23 @@ impl Pipeline {
             groups,
             labels,
         });
-        let (token, session) = self.sessions.create(info, self.session_ttl);
+        let created = match self.sessions.create(info, self.session_ttl) {
+            Ok(c) => c,
+            Err(SessionError::Full) => {
+                tracing::error!("security.max_sessions live sessions exist; refusing new logins");
+                return Err(AuthError::Unavailable {
+                    reason: "sessions_full",
+                    message: SessionError::Full.to_string(),
+                });
+            }
+        };
+        if created.evicted > 0 {
+            audit::sessions_evicted(&identity.user, created.evicted);
+            for _ in 0..created.evicted {
+                self.metrics.session_evicted();
+            }
+        }
+        let (token, session) = (created.token, created.session);
         Ok(LoginResult::Session {
             token,
             session,
@@ -194,6 +230,13 @@ impl Pipeline {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// A refusal that says the client presented something wrong (a guess), as opposed
+/// to presenting nothing yet (the first leg of Negotiate) or using a disabled scheme.
+fn counts_as_guess(e: &AuthError) -> bool {
+    matches!(e, AuthError::Rejected { reason, .. }
+        if !matches!(*reason, "no_credentials" | "mechanism_disabled"))
 }
 
 fn outcome_of(e: &AuthError) -> &'static str {

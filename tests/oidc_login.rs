@@ -118,7 +118,8 @@ async fn jwt_mode_accepts_rs256_and_es256_with_groups_from_the_token() {
 async fn forged_and_foreign_tokens_are_refused() {
     let dir = tempdir();
     let idp = Idp::start(dir.path());
-    let d = daemon(dir.path(), &idp, "jwt", &[]);
+    // More refusals from one address than the per-address limit allows (SPEC §9).
+    let d = daemon(dir.path(), &idp, "jwt", &["security.max_failed_attempts=0"]);
     let good = idp
         .token("oidc-alice", &["pcanalysts"], Some(AUD), "RS256", 300)
         .await;

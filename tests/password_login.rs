@@ -217,7 +217,7 @@ async fn a_second_factor_completes_through_the_conversation() {
 }
 
 #[tokio::test]
-async fn an_abandoned_conversation_frees_its_thread_and_a_full_pool_answers_503() {
+async fn an_abandoned_conversation_frees_its_place_and_counts_as_a_failure() {
     let dir = tempdir();
     let d = Daemon::start(
         dir.path(),
@@ -225,24 +225,43 @@ async fn an_abandoned_conversation_frees_its_thread_and_a_full_pool_answers_503(
             OTP_SERVICE,
             "system.blocking_threads=1",
             "security.pam_conversation_timeout=1",
+            "security.pam_max_conversations=1",
         ],
     );
     let c = d.client(None);
     let r = login(&c, "pcotp", "otp-Secret-5").await;
     let abandoned = r.json()["conversation"].as_str().unwrap().to_string();
-    // The only PAM thread is parked on that prompt; this login waits for it to be freed.
-    let started = Instant::now();
-    let r = login(&c, "pcotp", "otp-Secret-5").await;
+    // The only place for a waiting conversation is taken: another one is refused at
+    // once instead of parking another thread.
+    let other = d.client(None).bind_local(local("127.0.0.5"));
+    let r = login(&other, "pcotp", "otp-Secret-5").await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (429, json!("too_many_attempts")),
+        "{:?}",
+        r.json()
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let r = login(&other, "pcotp", "otp-Secret-5").await;
     assert_eq!(r.status, 401);
-    assert!(r.json()["conversation"].is_string(), "{:?}", r.json());
     assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "the thread was not busy?"
+        r.json()["conversation"].is_string(),
+        "the abandoned conversation gave its place back: {:?}",
+        r.json()
     );
     let r = answer(&c, &abandoned, json!(["123456"])).await;
     assert_eq!(r.status, 404, "an abandoned conversation is gone");
-    drop(d);
+    let log = d.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("conversation_abandoned") && l.contains("pcotp")),
+        "the abandonment is audited as a failed login:\n{log}"
+    );
+}
 
+#[tokio::test]
+async fn parked_conversations_do_not_hold_up_other_logins() {
+    // One thread for working PAM transactions; two conversations park beside it.
     let dir = tempdir();
     let d = Daemon::start(
         dir.path(),
@@ -250,15 +269,26 @@ async fn an_abandoned_conversation_frees_its_thread_and_a_full_pool_answers_503(
             OTP_SERVICE,
             "system.blocking_threads=1",
             "system.blocking_queue_timeout=1",
+            "security.pam_max_conversations=2",
         ],
     );
     let c = d.client(None);
-    let r = login(&c, "pcotp", "otp-Secret-5").await;
-    assert!(r.json()["conversation"].is_string());
-    let r = login(&c, "pcalice", "alice-Secret-1").await;
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (503, json!("dependency_unavailable"))
+    for _ in 0..2 {
+        let r = login(&c, "pcotp", "otp-Secret-5").await;
+        assert!(r.json()["conversation"].is_string(), "{:?}", r.json());
+    }
+    let other = d.client(None).bind_local(local("127.0.0.6"));
+    let r = login(&other, "pcotp", "otp-Secret-5").await;
+    assert_eq!(r.status, 429, "no third place: {:?}", r.json());
+    // A user whose stack asks nothing more logs in at once (the old shared pool of
+    // one thread answered 503 after the queue timeout).
+    let started = Instant::now();
+    let r = login(&other, "pcalice", "alice-Secret-1").await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
     );
 }
 

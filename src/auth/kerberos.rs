@@ -330,7 +330,7 @@ mod tests {
 
     fn auth(allow_instances: bool) -> KerberosAuthenticator {
         KerberosAuthenticator::new(
-            BlockingPool::new(1, std::time::Duration::from_secs(1)),
+            BlockingPool::new("gssapi", 1, std::time::Duration::from_secs(1)),
             None,
             vec!["EXAMPLE.COM".into()],
             allow_instances,

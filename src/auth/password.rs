@@ -11,9 +11,8 @@
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
-use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -23,13 +22,15 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::Instant;
 
+use super::parking::{self, Parking};
 use super::{
     AuthError, Authenticator, BoxFuture, Challenge, Credentials, Identity, LoginContext, Outcome,
     Prompt, PromptStyle, Secret, valid_username,
 };
-use crate::blocking::BlockingPool;
+use crate::audit;
+use crate::blocking::{BlockingPool, SlotClock};
 use crate::config::Mechanism;
-use crate::throttle::Throttle;
+use crate::throttle::{Attempt, Throttle};
 
 /// The one message every wrong credential gets, whichever part was wrong.
 const WRONG: &str = "authentication failed: wrong user name or password";
@@ -53,31 +54,47 @@ struct PamOutcome {
     fail_delay: Duration,
 }
 
-/// A conversation waiting for the client's answer.
+/// A conversation waiting for the client's answer. It holds the login's throttle
+/// reservation (dropped unanswered, that counts as a failed attempt) and its parking
+/// place (given back as soon as the answer arrives or the conversation is abandoned).
 struct Pending {
     binding: [u8; 32],
+    peer: std::net::SocketAddr,
     user: String,
     reply: SyncSender<Secret>,
     events: UnboundedReceiver<PamEvent>,
     expires: Instant,
+    attempt: Attempt,
+    _slot: parking::Slot,
 }
+
+type Conversations = Arc<Mutex<HashMap<[u8; 32], Pending>>>;
 
 pub struct PasswordAuthenticator {
     service: String,
+    /// The PAM pool: apart from NSS and GSSAPI, so waiting prompts delay nobody else.
     pool: BlockingPool,
-    throttle: Throttle,
+    throttle: Arc<Throttle>,
+    parking: Arc<Parking>,
     timeout: Duration,
-    conversations: Mutex<HashMap<[u8; 32], Pending>>,
+    conversations: Conversations,
 }
 
 impl PasswordAuthenticator {
-    pub fn new(service: String, pool: BlockingPool, throttle: Throttle, timeout: Duration) -> Self {
+    pub fn new(
+        service: String,
+        pool: BlockingPool,
+        throttle: Arc<Throttle>,
+        parking: Arc<Parking>,
+        timeout: Duration,
+    ) -> Self {
         PasswordAuthenticator {
             service,
             pool,
             throttle,
+            parking,
             timeout,
-            conversations: Mutex::new(HashMap::new()),
+            conversations: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -94,16 +111,27 @@ impl PasswordAuthenticator {
             });
         }
         let peer = ctx.peer.ip();
-        self.throttled(&username, peer)?;
+        // Reserved before PAM is asked, so parallel guesses cannot all pass the check.
+        let attempt = self
+            .throttle
+            .reserve(&username, peer)
+            .map_err(|retry_after| AuthError::TooManyAttempts { retry_after })?;
         let (events_tx, events) = unbounded_channel();
         let service = self.service.clone();
         let rhost = peer.to_string();
         let timeout = self.timeout;
         let user = username.clone();
-        self.pool
-            .spawn(move || pam_transaction(&service, &user, password, &rhost, events_tx, timeout))
-            .await?;
-        self.follow(username, events, ctx).await
+        let spawned = self
+            .pool
+            .spawn(move |clock| {
+                pam_transaction(&service, &user, password, &rhost, events_tx, timeout, clock)
+            })
+            .await;
+        if let Err(e) = spawned {
+            attempt.neutral();
+            return Err(e.into());
+        }
+        self.follow(username, events, ctx, attempt).await
     }
 
     async fn resume(
@@ -139,12 +167,15 @@ impl PasswordAuthenticator {
             user,
             reply,
             events,
+            attempt,
             ..
         } = pending;
         if reply.send(answers.remove(0)).is_err() {
+            // The PAM thread gave up (timeout) just now: an abandoned conversation.
+            attempt.failed();
             return Err(AuthError::UnknownConversation);
         }
-        self.follow(user, events, ctx).await
+        self.follow(user, events, ctx, attempt).await
     }
 
     /// Wait for the PAM thread's next event: another prompt or the end.
@@ -153,34 +184,54 @@ impl PasswordAuthenticator {
         user: String,
         mut events: UnboundedReceiver<PamEvent>,
         ctx: &LoginContext,
+        attempt: Attempt,
     ) -> Result<Outcome, AuthError> {
         // The PAM thread gives up on its own after `timeout`; allow it to say so.
         let wait = self.timeout + Duration::from_secs(5);
         let event = tokio::time::timeout(wait, events.recv()).await;
         match event {
             Ok(Some(PamEvent::Ask { prompts, reply })) => {
+                let Some(slot) = self.parking.take(ctx.peer.ip()) else {
+                    // Dropping `reply` ends the PAM transaction at once (CONV_ERR).
+                    drop(reply);
+                    attempt.neutral();
+                    tracing::warn!(
+                        waiting = self.parking.waiting(),
+                        "PAM conversation refused: too many are waiting for answers (security.pam_max_conversations, {} per address)",
+                        parking::PER_ADDRESS
+                    );
+                    return Err(AuthError::TooManyAttempts {
+                        retry_after: self.timeout.as_secs().max(1),
+                    });
+                };
                 let conversation = new_id();
+                let key = id_key(&conversation);
+                let expires = Instant::now() + self.timeout;
                 let pending = Pending {
                     binding: ctx.binding,
+                    peer: ctx.peer,
                     user,
                     reply,
                     events,
-                    expires: Instant::now() + self.timeout,
+                    expires,
+                    attempt,
+                    _slot: slot,
                 };
-                let mut map = self.lock();
-                let now = Instant::now();
-                map.retain(|_, p| p.expires > now);
-                map.insert(id_key(&conversation), pending);
+                lock(&self.conversations).insert(key, pending);
+                reap_when_abandoned(self.conversations.clone(), key, expires);
                 Ok(Outcome::Challenge(Challenge {
                     conversation,
                     prompts,
                 }))
             }
-            Ok(Some(PamEvent::Done(outcome))) => self.finish(user, outcome, ctx).await,
-            Ok(None) | Err(_) => Err(unavailable(
-                "pam_failed",
-                "the PAM transaction did not finish",
-            )),
+            Ok(Some(PamEvent::Done(outcome))) => self.finish(user, outcome, ctx, attempt).await,
+            Ok(None) | Err(_) => {
+                attempt.neutral();
+                Err(unavailable(
+                    "pam_failed",
+                    "the PAM transaction did not finish",
+                ))
+            }
         }
     }
 
@@ -188,16 +239,16 @@ impl PasswordAuthenticator {
         &self,
         user: String,
         o: PamOutcome,
-        ctx: &LoginContext,
+        _ctx: &LoginContext,
+        attempt: Attempt,
     ) -> Result<Outcome, AuthError> {
-        let peer = ctx.peer.ip();
         let rejected = |reason| AuthError::Rejected {
             reason,
             message: WRONG.into(),
         };
         let result = match o.result {
             Ok(pam_user) => {
-                self.throttle.success(&user);
+                attempt.succeeded();
                 // A module may canonicalise the name (case, realm); trust it only if sane.
                 let name = if valid_username(&pam_user) {
                     pam_user
@@ -216,20 +267,13 @@ impl PasswordAuthenticator {
                 message: "the account is locked".into(),
             },
             Err(ErrorCode::AUTH_ERR | ErrorCode::USER_UNKNOWN | ErrorCode::MAXTRIES) => {
-                self.throttle.failure(&user, peer);
                 rejected("wrong_credentials")
             }
-            Err(ErrorCode::CRED_INSUFFICIENT) => {
-                self.throttle.failure(&user, peer);
-                rejected("credentials_insufficient")
-            }
-            Err(ErrorCode::CONV_ERR) => {
-                self.throttle.failure(&user, peer);
-                AuthError::Rejected {
-                    reason: "conversation_abandoned",
-                    message: "the login conversation was not completed in time".into(),
-                }
-            }
+            Err(ErrorCode::CRED_INSUFFICIENT) => rejected("credentials_insufficient"),
+            Err(ErrorCode::CONV_ERR) => AuthError::Rejected {
+                reason: "conversation_abandoned",
+                message: "the login conversation was not completed in time".into(),
+            },
             Err(ErrorCode::ACCT_EXPIRED) => AuthError::AccountUnavailable {
                 reason: "account_expired",
                 message: "the account has expired".into(),
@@ -250,6 +294,13 @@ impl PasswordAuthenticator {
                 unavailable("pam_error", "PAM could not process the login")
             }
         };
+        // Only a wrong credential costs a guess; a refused account with the right
+        // password, or a broken dependency, says nothing about guessing.
+        if matches!(result, AuthError::Rejected { .. }) {
+            attempt.failed();
+        } else {
+            attempt.neutral();
+        }
         if matches!(result, AuthError::Rejected { .. }) && !o.fail_delay.is_zero() {
             // Served here, not in PAM, so a failed login does not pin a pool thread.
             tokio::time::sleep(o.fail_delay.min(Duration::from_secs(10))).await;
@@ -257,15 +308,38 @@ impl PasswordAuthenticator {
         Err(result)
     }
 
-    fn throttled(&self, user: &str, peer: IpAddr) -> Result<(), AuthError> {
-        self.throttle
-            .check(user, peer)
-            .map_err(|retry_after| AuthError::TooManyAttempts { retry_after })
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Pending>> {
-        self.conversations.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.conversations)
     }
+}
+
+fn lock(c: &Conversations) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Pending>> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// At its deadline, drop a conversation nobody answered: its parking place is given
+/// back, the attempt counts as failed (SPEC §9), and the abandonment is audited.
+fn reap_when_abandoned(conversations: Conversations, key: [u8; 32], expires: Instant) {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(expires).await;
+        let abandoned = {
+            let mut map = lock(&conversations);
+            match map.get(&key) {
+                Some(p) if p.expires <= Instant::now() => map.remove(&key),
+                _ => None,
+            }
+        };
+        if let Some(p) = abandoned {
+            audit::login(
+                p.peer,
+                "password",
+                Some(&p.user),
+                "rejected",
+                "conversation_abandoned",
+            );
+            p.attempt.failed();
+        }
+    });
 }
 
 impl Authenticator for PasswordAuthenticator {
@@ -319,6 +393,7 @@ struct Handler {
     infos: Vec<Prompt>,
     events: UnboundedSender<PamEvent>,
     timeout: Duration,
+    clock: Arc<SlotClock>,
 }
 
 impl Handler {
@@ -332,9 +407,11 @@ impl Handler {
         self.events
             .send(PamEvent::Ask { prompts, reply })
             .map_err(|_| ErrorCode::CONV_ERR)?;
-        let answer = answers
-            .recv_timeout(self.timeout)
-            .map_err(|_| ErrorCode::CONV_ERR)?;
+        // Waiting for a person is not the slot being "held too long".
+        self.clock.park();
+        let answer = answers.recv_timeout(self.timeout);
+        self.clock.resume();
+        let answer = answer.map_err(|_| ErrorCode::CONV_ERR)?;
         CString::new(answer.expose()).map_err(|_| ErrorCode::CONV_ERR)
     }
 }
@@ -390,6 +467,7 @@ fn pam_transaction(
     rhost: &str,
     events: UnboundedSender<PamEvent>,
     timeout: Duration,
+    clock: Arc<SlotClock>,
 ) {
     FAIL_DELAY.with(|d| d.set(0));
     let check_lock = password.clone();
@@ -399,6 +477,7 @@ fn pam_transaction(
         infos: Vec::new(),
         events: events.clone(),
         timeout,
+        clock,
     };
     let result = (|| {
         let mut pam =

@@ -18,6 +18,7 @@ use crate::auth::Authenticator;
 use crate::auth::certificate::CertificateAuthenticator;
 use crate::auth::kerberos::KerberosAuthenticator;
 use crate::auth::oidc::OidcAuthenticator;
+use crate::auth::parking::Parking;
 use crate::auth::password::PasswordAuthenticator;
 use crate::blocking::BlockingPool;
 use crate::config::{Config, Mechanism};
@@ -25,7 +26,7 @@ use crate::directory::Directory;
 use crate::labels::LabelMap;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::session::MemoryStore;
+use crate::session::{MemoryStore, SessionLimits};
 use crate::throttle::Throttle;
 
 /// What a connection knows about its peer, fixed at handshake time.
@@ -75,9 +76,35 @@ pub enum StartError {
     Runtime(String),
 }
 
+/// One bounded pool per kind of blocking C call (SPEC §9).
+struct Pools {
+    /// PAM transactions, including those parked on a prompt: `blocking_threads` for
+    /// working transactions plus one per conversation that may wait.
+    pam: BlockingPool,
+    nss: BlockingPool,
+    gssapi: BlockingPool,
+}
+
+impl Pools {
+    fn new(config: &Config, metrics: &Arc<Metrics>) -> Pools {
+        let sys = &config.system;
+        let queue = Duration::from_secs(sys.blocking_queue_timeout);
+        let pool = |name, size| BlockingPool::new(name, size, queue).with_metrics(metrics.clone());
+        Pools {
+            pam: pool(
+                "pam",
+                sys.blocking_threads + config.security.pam_max_conversations,
+            ),
+            nss: pool("nss", sys.blocking_threads),
+            gssapi: pool("gssapi", sys.blocking_threads),
+        }
+    }
+}
+
 fn authenticators(
     config: &Config,
-    pool: &BlockingPool,
+    pools: &Pools,
+    throttle: &Arc<Throttle>,
 ) -> Result<Vec<Box<dyn Authenticator>>, String> {
     let sec = &config.security;
     let mut out: Vec<Box<dyn Authenticator>> = Vec::new();
@@ -86,15 +113,13 @@ fn authenticators(
             Mechanism::Certificate => Box::new(CertificateAuthenticator::new(sec.pki_user_field)),
             Mechanism::Password => Box::new(PasswordAuthenticator::new(
                 sec.pam_service.clone(),
-                pool.clone(),
-                Throttle::new(
-                    sec.max_failed_attempts,
-                    Duration::from_secs(sec.failed_attempt_window),
-                ),
+                pools.pam.clone(),
+                throttle.clone(),
+                Parking::new(sec.pam_max_conversations),
                 Duration::from_secs(sec.pam_conversation_timeout.max(1)),
             )),
             Mechanism::Kerberos => Box::new(KerberosAuthenticator::new(
-                pool.clone(),
+                pools.gssapi.clone(),
                 sec.server_krb_principal.clone(),
                 sec.krb_realms.clone(),
                 sec.krb_allow_instances,
@@ -141,20 +166,32 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
     if !problems.is_empty() {
         return Err(StartError::Config(problems.join("\n")));
     }
-    let pool = BlockingPool::new(
-        config.system.blocking_threads,
-        Duration::from_secs(config.system.blocking_queue_timeout),
+    let metrics = Arc::new(Metrics::new());
+    let pools = Pools::new(&config, &metrics);
+    let sec = &config.security;
+    // One throttle for every mechanism: failures of any kind count per address.
+    let throttle = Arc::new(Throttle::new(
+        sec.max_failed_attempts,
+        Duration::from_secs(sec.failed_attempt_window),
+    ));
+    let authenticators = authenticators(&config, &pools, &throttle).map_err(StartError::Config)?;
+    let directory = Directory::new(pools.nss, Duration::from_secs(sec.group_cache_ttl));
+    let idle = Duration::from_secs(sec.session_idle_timeout);
+    let sessions = MemoryStore::with_limits(
+        Some(idle),
+        SessionLimits {
+            per_user: sec.max_sessions_per_user,
+            total: sec.max_sessions,
+        },
     );
-    let authenticators = authenticators(&config, &pool).map_err(StartError::Config)?;
-    let directory = Directory::new(pool, Duration::from_secs(config.security.group_cache_ttl));
-    let idle = Duration::from_secs(config.security.session_idle_timeout);
     let pipeline = Pipeline::new(
         authenticators,
         directory,
         labels,
-        Arc::new(MemoryStore::new(Some(idle))),
-        Arc::new(Metrics::new()),
-        Duration::from_secs(config.security.session_ttl),
+        Arc::new(sessions),
+        metrics,
+        Duration::from_secs(sec.session_ttl),
+        throttle,
     );
     Ok(AppState {
         login_challenges: routes::login_challenges(pipeline.enabled()),

@@ -5,8 +5,11 @@
 //! `Notify` when an earlier one arrives. No request ever scans all sessions.
 //! Idle timeouts are checked when a session is used; an idle session nobody asks
 //! about again is removed at its hard deadline.
+//!
+//! Each user's live sessions are also kept oldest first, so the per-user bound of
+//! SPEC §9 revokes the oldest in O(1) instead of searching.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +17,9 @@ use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
-use super::{Session, SessionInfo, SessionStore, Token, TokenHash, token};
+use super::{
+    Created, Session, SessionError, SessionInfo, SessionLimits, SessionStore, TokenHash, token,
+};
 
 struct Entry {
     info: Arc<SessionInfo>,
@@ -27,13 +32,37 @@ struct Entry {
 struct State {
     entries: HashMap<TokenHash, Entry>,
     expirations: BTreeSet<(Instant, TokenHash)>,
+    /// Each user's live sessions, oldest first.
+    by_user: HashMap<Arc<str>, VecDeque<TokenHash>>,
     shutdown: bool,
+}
+
+impl State {
+    /// Remove a session from every index; its entry if it was there.
+    fn remove(&mut self, hash: &TokenHash) -> Option<Entry> {
+        let e = self.entries.remove(hash)?;
+        self.expirations.remove(&(e.deadline, *hash));
+        if let Some(list) = self.by_user.get_mut(&e.info.user) {
+            // Sessions of one TTL expire oldest first: usually the front, in O(1);
+            // otherwise a scan of at most `max_sessions_per_user` hashes.
+            if list.front() == Some(hash) {
+                list.pop_front();
+            } else {
+                list.retain(|h| h != hash);
+            }
+            if list.is_empty() {
+                self.by_user.remove(&e.info.user);
+            }
+        }
+        Some(e)
+    }
 }
 
 struct Shared {
     state: Mutex<State>,
     wake: Notify,
     idle_timeout: Option<Duration>,
+    limits: SessionLimits,
 }
 
 pub struct MemoryStore {
@@ -43,10 +72,16 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// Create the store and its purge task; must be called inside a tokio runtime.
     pub fn new(idle_timeout: Option<Duration>) -> Self {
+        Self::with_limits(idle_timeout, SessionLimits::default())
+    }
+
+    /// A store that applies SPEC §9's bounds (`max_sessions_per_user`, `max_sessions`).
+    pub fn with_limits(idle_timeout: Option<Duration>, limits: SessionLimits) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             idle_timeout: idle_timeout.filter(|d| !d.is_zero()),
+            limits,
         });
         tokio::spawn(purge_expired(shared.clone()));
         MemoryStore { shared }
@@ -71,17 +106,11 @@ impl Shared {
     fn purge(&self) -> Option<Instant> {
         let mut state = self.lock();
         let now = Instant::now();
-        let State {
-            entries,
-            expirations,
-            ..
-        } = &mut *state;
-        while let Some(&(when, hash)) = expirations.first() {
+        while let Some(&(when, hash)) = state.expirations.first() {
             if when > now {
                 return Some(when);
             }
-            expirations.pop_first();
-            entries.remove(&hash);
+            state.remove(&hash);
         }
         None
     }
@@ -105,13 +134,43 @@ async fn purge_expired(shared: Arc<Shared>) {
 }
 
 impl SessionStore for MemoryStore {
-    fn create(&self, info: Arc<SessionInfo>, ttl: Duration) -> (Token, Session) {
+    fn create(&self, info: Arc<SessionInfo>, ttl: Duration) -> Result<Created, SessionError> {
         let token = token::generate();
         let now = Instant::now();
         let deadline = now + ttl;
         let expires_at = SystemTime::now() + ttl;
+        let limits = self.shared.limits;
+        let mut evicted = 0;
         let notify = {
             let mut state = self.shared.lock();
+            // The user's oldest sessions make room first; they count toward the total too.
+            while state
+                .by_user
+                .get(&info.user)
+                .is_some_and(|l| l.len() >= limits.per_user.max(1))
+            {
+                let oldest = state
+                    .by_user
+                    .get(&info.user)
+                    .and_then(|l| l.front().copied());
+                match oldest {
+                    Some(h) if state.remove(&h).is_some() => evicted += 1,
+                    Some(h) => {
+                        if let Some(l) = state.by_user.get_mut(&info.user) {
+                            l.retain(|x| *x != h);
+                        }
+                    }
+                    None => break,
+                }
+            }
+            if state.entries.len() >= limits.total {
+                return Err(SessionError::Full);
+            }
+            state
+                .by_user
+                .entry(info.user.clone())
+                .or_default()
+                .push_back(token.hash);
             let earliest = state.expirations.first().map(|(w, _)| *w);
             state.expirations.insert((deadline, token.hash));
             state.entries.insert(
@@ -128,7 +187,11 @@ impl SessionStore for MemoryStore {
         if notify {
             self.shared.wake.notify_one();
         }
-        (token, Session { info, expires_at })
+        Ok(Created {
+            token,
+            session: Session { info, expires_at },
+            evicted,
+        })
     }
 
     fn get(&self, hash: &TokenHash) -> Option<Session> {
@@ -141,9 +204,7 @@ impl SessionStore for MemoryStore {
         if let Some(idle) = self.shared.idle_timeout
             && now.duration_since(entry.last_used) >= idle
         {
-            let deadline = entry.deadline;
-            state.entries.remove(hash);
-            state.expirations.remove(&(deadline, *hash));
+            state.remove(hash);
             return None;
         }
         entry.last_used = now;
@@ -155,11 +216,8 @@ impl SessionStore for MemoryStore {
 
     fn revoke(&self, hash: &TokenHash) -> bool {
         let mut state = self.shared.lock();
-        match state.entries.remove(hash) {
-            Some(e) => {
-                state.expirations.remove(&(e.deadline, *hash));
-                e.deadline > Instant::now()
-            }
+        match state.remove(hash) {
+            Some(e) => e.deadline > Instant::now(),
             None => false,
         }
     }
@@ -186,7 +244,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_is_found_by_its_token_and_revoked_once() {
         let store = MemoryStore::new(None);
-        let (token, _) = store.create(info(), Duration::from_secs(60));
+        let token = store.create(info(), Duration::from_secs(60)).unwrap().token;
         let hash = token::parse(&token.text).unwrap();
         assert_eq!(store.get(&hash).unwrap().info.user.as_ref(), "alice");
         assert!(store.revoke(&hash));
@@ -197,8 +255,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn expired_sessions_are_purged_by_the_background_task() {
         let store = MemoryStore::new(None);
-        let (long, _) = store.create(info(), Duration::from_secs(60));
-        let (short, _) = store.create(info(), Duration::from_secs(1));
+        let long = store.create(info(), Duration::from_secs(60)).unwrap().token;
+        let short = store.create(info(), Duration::from_secs(1)).unwrap().token;
         assert_eq!(store.len(), 2);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         tokio::task::yield_now().await;
@@ -214,13 +272,50 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_sessions_end_but_used_ones_live() {
         let store = MemoryStore::new(Some(Duration::from_secs(10)));
-        let (used, _) = store.create(info(), Duration::from_secs(100));
-        let (idle, _) = store.create(info(), Duration::from_secs(100));
+        let used = store
+            .create(info(), Duration::from_secs(100))
+            .unwrap()
+            .token;
+        let idle = store
+            .create(info(), Duration::from_secs(100))
+            .unwrap()
+            .token;
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_secs(6)).await;
             assert!(store.get(&used.hash).is_some());
         }
         assert!(store.get(&idle.hash).is_none());
         assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_oldest_session_of_a_user_makes_room_and_the_total_is_bounded() {
+        let store = MemoryStore::with_limits(
+            None,
+            SessionLimits {
+                per_user: 3,
+                total: 4,
+            },
+        );
+        let ttl = Duration::from_secs(60);
+        let first: Vec<_> = (0..3).map(|_| store.create(info(), ttl).unwrap()).collect();
+        assert!(first.iter().all(|c| c.evicted == 0));
+        let fourth = store.create(info(), ttl).unwrap();
+        assert_eq!(fourth.evicted, 1);
+        assert!(store.get(&first[0].token.hash).is_none(), "the oldest went");
+        assert!(store.get(&first[1].token.hash).is_some());
+        assert_eq!(store.len(), 3);
+        let bob = Arc::new(SessionInfo {
+            user: "bob".into(),
+            ..(*info()).clone()
+        });
+        store.create(bob.clone(), ttl).unwrap();
+        assert_eq!(
+            store.create(bob, ttl).err(),
+            Some(SessionError::Full),
+            "4 live sessions in all"
+        );
+        assert!(store.revoke(&fourth.token.hash));
+        assert_eq!(store.len(), 3);
     }
 }

@@ -38,9 +38,41 @@ impl Session {
     }
 }
 
+/// Bounds of SPEC §9 on live sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Live sessions of one user; the oldest is revoked to make room.
+    pub per_user: usize,
+    /// Live sessions in all; beyond it new logins get 503.
+    pub total: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            per_user: usize::MAX,
+            total: usize::MAX,
+        }
+    }
+}
+
+/// A new session, and how many of the user's oldest sessions made room for it.
+pub struct Created {
+    pub token: Token,
+    pub session: Session,
+    pub evicted: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// `security.max_sessions` live sessions exist already.
+    #[error("the server holds its maximum number of sessions; try again later")]
+    Full,
+}
+
 pub trait SessionStore: Send + Sync + 'static {
-    /// Issue a new session; returns the token, whose plaintext is not kept.
-    fn create(&self, info: Arc<SessionInfo>, ttl: Duration) -> (Token, Session);
+    /// Issue a new session; the token's plaintext is not kept.
+    fn create(&self, info: Arc<SessionInfo>, ttl: Duration) -> Result<Created, SessionError>;
     /// The live session for a presented token hash, refreshing its idle timer.
     fn get(&self, hash: &TokenHash) -> Option<Session>;
     /// End a session; `false` if it did not exist (or had already ended).
