@@ -12,6 +12,7 @@ pub mod labels;
 pub mod logsafe;
 pub mod metrics;
 pub mod pipeline;
+pub mod quota;
 pub mod server;
 pub mod session;
 pub mod throttle;

@@ -8,7 +8,6 @@
 pub mod certificate;
 pub mod kerberos;
 pub mod oidc;
-pub mod parking;
 pub mod password;
 pub mod shadow;
 

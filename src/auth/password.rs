@@ -22,7 +22,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::Instant;
 
-use super::parking::{self, Parking};
 use super::{
     AuthError, Authenticator, BoxFuture, Challenge, Credentials, Identity, LoginContext, Outcome,
     Prompt, PromptStyle, Secret, valid_username,
@@ -30,6 +29,7 @@ use super::{
 use crate::audit;
 use crate::blocking::{BlockingPool, SlotClock};
 use crate::config::Mechanism;
+use crate::quota::{self, Quota};
 use crate::throttle::{Attempt, Throttle};
 
 /// The one message every wrong credential gets, whichever part was wrong.
@@ -65,7 +65,7 @@ struct Pending {
     events: UnboundedReceiver<PamEvent>,
     expires: Instant,
     attempt: Attempt,
-    _slot: parking::Slot,
+    _slot: quota::Slot,
 }
 
 type Conversations = Arc<Mutex<HashMap<[u8; 32], Pending>>>;
@@ -75,7 +75,7 @@ pub struct PasswordAuthenticator {
     /// The PAM pool: apart from NSS and GSSAPI, so waiting prompts delay nobody else.
     pool: BlockingPool,
     throttle: Arc<Throttle>,
-    parking: Arc<Parking>,
+    parking: Arc<Quota>,
     timeout: Duration,
     conversations: Conversations,
 }
@@ -85,7 +85,7 @@ impl PasswordAuthenticator {
         service: String,
         pool: BlockingPool,
         throttle: Arc<Throttle>,
-        parking: Arc<Parking>,
+        parking: Arc<Quota>,
         timeout: Duration,
     ) -> Self {
         PasswordAuthenticator {
@@ -196,9 +196,9 @@ impl PasswordAuthenticator {
                     drop(reply);
                     attempt.neutral();
                     tracing::warn!(
-                        waiting = self.parking.waiting(),
+                        waiting = self.parking.taken(),
                         "PAM conversation refused: too many are waiting for answers (security.pam_max_conversations, {} per address)",
-                        parking::PER_ADDRESS
+                        self.parking.per_address()
                     );
                     return Err(AuthError::TooManyAttempts {
                         retry_after: self.timeout.as_secs().max(1),

@@ -1,9 +1,17 @@
-//! Accept loops, connection bound, TLS handshake, HTTP/1.1 + HTTP/2 serving and
+//! Accept loops, connection bounds, TLS handshake, HTTP/1.1 + HTTP/2 serving and
 //! graceful shutdown (the mini-redis shape: a semaphore bounds connections, a watch
 //! channel tells every loop to stop, hyper-util's graceful watcher drains).
+//!
+//! Against clients that hold connections without using them (SPEC §9): each address
+//! (IPv6: its /64) may hold `system.max_connections_per_address` connections, and a
+//! connection with no request in progress is closed after `system.idle_timeout`.
+//! The idle timer is ours, not hyper's: hyper-util's HTTP/1-or-2 sniffing has no
+//! timer, `header_read_timeout` arms only once HTTP/1 is chosen, and an HTTP/2
+//! connection with no stream has no limit at all — each of those held a slot forever.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -13,10 +21,12 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{AppState, ConnInfo, routes, tls};
 use crate::audit;
+use crate::quota::Quota;
 
 pub async fn serve(
     state: Arc<AppState>,
@@ -25,12 +35,16 @@ pub async fn serve(
 ) {
     let graceful = Arc::new(GracefulShutdown::new());
     let slots = Arc::new(Semaphore::new(state.config.system.max_connections));
+    let per_address = Quota::new(usize::MAX, state.config.system.max_connections_per_address);
     let mut loops = tokio::task::JoinSet::new();
     for listener in listeners {
         loops.spawn(accept_loop(
             state.clone(),
             listener,
-            slots.clone(),
+            Limits {
+                slots: slots.clone(),
+                per_address: per_address.clone(),
+            },
             graceful.clone(),
             shutdown.clone(),
         ));
@@ -54,10 +68,16 @@ pub async fn serve(
     }
 }
 
+/// The bounds every accept loop shares.
+struct Limits {
+    slots: Arc<Semaphore>,
+    per_address: Arc<Quota>,
+}
+
 async fn accept_loop(
     state: Arc<AppState>,
     listener: TcpListener,
-    slots: Arc<Semaphore>,
+    limits: Limits,
     graceful: Arc<GracefulShutdown>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -65,7 +85,7 @@ async fn accept_loop(
         // Take a slot before accepting, so connections beyond the bound wait in the
         // kernel backlog instead of costing memory here.
         let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("never closed"),
+            p = limits.slots.clone().acquire_owned() => p.expect("never closed"),
             _ = shutdown.changed() => return,
         };
         let (stream, peer) = tokio::select! {
@@ -80,6 +100,13 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => return,
         };
+        // Over its address's share: closed at once, before any TLS work is spent.
+        let Some(address_slot) = limits.per_address.take(peer.ip()) else {
+            state.pipeline.metrics.connection_cut("per_address_limit");
+            tracing::debug!(%peer, "connection refused: system.max_connections_per_address reached");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let watcher = graceful.watcher();
@@ -89,6 +116,7 @@ async fn accept_loop(
                 state.pipeline.metrics.connection_opened();
                 connection(&state, stream, peer, watcher).await;
                 state.pipeline.metrics.connection_closed();
+                drop(address_slot);
                 drop(permit);
             }
             .instrument(span),
@@ -163,15 +191,88 @@ where
         .max_header_list_size(sys.max_header_bytes as u32)
         .max_concurrent_streams(128);
     let svc_state = state.clone();
+    let activity = Arc::new(Activity::new());
+    let svc_activity = activity.clone();
     let service = service_fn(move |req| {
         let state = svc_state.clone();
         let conn = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(routes::handle(state, conn, req).await) }
+        let busy = svc_activity.begin();
+        async move {
+            let resp = routes::handle(state, conn, req).await;
+            drop(busy);
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let served = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
-    if let Err(e) = watcher.watch(served).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    let served = watcher.watch(served);
+    tokio::pin!(served);
+    let idle = Duration::from_secs(sys.idle_timeout);
+    loop {
+        tokio::select! {
+            r = &mut served => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(activity.idle_deadline(idle)) => {
+                if activity.idle_for(idle) {
+                    // Dropping the connection closes the socket; nothing is in progress.
+                    state.pipeline.metrics.connection_cut("idle");
+                    tracing::debug!("closing a connection idle for {} s", idle.as_secs());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a connection is in use: requests in progress, and when the last one ended.
+struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `start` at which the last request ended (0: none yet).
+    last_ms: AtomicU64,
+}
+
+/// A request in progress; its end restarts the idle timer.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.last_ms
+            .store(a.start.elapsed().as_millis() as u64, Ordering::Release);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Acquire));
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            Instant::now() + idle
+        } else {
+            last + idle
+        }
+    }
+
+    fn idle_for(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && Instant::now() >= self.idle_deadline(idle)
     }
 }

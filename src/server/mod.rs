@@ -18,7 +18,6 @@ use crate::auth::Authenticator;
 use crate::auth::certificate::CertificateAuthenticator;
 use crate::auth::kerberos::KerberosAuthenticator;
 use crate::auth::oidc::OidcAuthenticator;
-use crate::auth::parking::Parking;
 use crate::auth::password::PasswordAuthenticator;
 use crate::blocking::BlockingPool;
 use crate::config::{Config, Mechanism};
@@ -26,6 +25,7 @@ use crate::directory::Directory;
 use crate::labels::LabelMap;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::quota::Quota;
 use crate::session::{MemoryStore, SessionLimits};
 use crate::throttle::Throttle;
 
@@ -76,6 +76,9 @@ pub enum StartError {
     Runtime(String),
 }
 
+/// PAM conversations one client address may have waiting at once (SPEC §9).
+const PAM_CONVERSATIONS_PER_ADDRESS: usize = 2;
+
 /// One bounded pool per kind of blocking C call (SPEC §9).
 struct Pools {
     /// PAM transactions, including those parked on a prompt: `blocking_threads` for
@@ -115,7 +118,7 @@ fn authenticators(
                 sec.pam_service.clone(),
                 pools.pam.clone(),
                 throttle.clone(),
-                Parking::new(sec.pam_max_conversations),
+                Quota::new(sec.pam_max_conversations, PAM_CONVERSATIONS_PER_ADDRESS),
                 Duration::from_secs(sec.pam_conversation_timeout.max(1)),
             )),
             Mechanism::Kerberos => Box::new(KerberosAuthenticator::new(

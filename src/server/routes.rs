@@ -285,13 +285,14 @@ async fn read_body(
     // reset the connection and the client loses the answer.
     let drain_limit = (limit as u64).max(DRAIN_LIMIT);
     if declared.is_some_and(|n| n > drain_limit) {
+        linger(body);
         return Err(ApiError::PayloadTooLarge { limit });
     }
+    let mut body = body;
     let collect = async {
         // Collected into a zeroizing buffer because it may hold a password.
         let mut out = Zeroizing::new(Vec::new());
         let mut seen: u64 = 0;
-        let mut body = body;
         while let Some(frame) = body.frame().await {
             let frame = frame
                 .map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
@@ -310,9 +311,25 @@ async fn read_body(
         }
         Ok(out)
     };
-    tokio::time::timeout(timeout, collect)
+    let result = tokio::time::timeout(timeout, collect)
         .await
-        .map_err(|_| ApiError::Timeout)?
+        .map_err(|_| ApiError::Timeout)
+        .and_then(|r| r);
+    if matches!(result, Err(ApiError::PayloadTooLarge { .. })) {
+        linger(body);
+    }
+    result
+}
+
+/// Keep an unread request body open a moment longer, until the error response has
+/// gone out. Dropped while the response is still unsent, an HTTP/2 request body is
+/// reset with CANCEL and the client never sees the 413; dropped after the response
+/// ended, h2 resets it with NO_ERROR, as RFC 9113 §8.1 asks for an early answer.
+fn linger(body: Incoming) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(body);
+    });
 }
 
 /// How much of an oversized body is read and discarded before answering 413.

@@ -1,6 +1,8 @@
-//! Where PAM conversations wait for the client's next answer (SPEC §9): at most
-//! `security.pam_max_conversations` at once, and at most [`PER_ADDRESS`] per client
-//! address, so nobody can park the PAM pool's threads on prompts they never answer.
+//! Counted places per client address with a global bound (SPEC §9): open
+//! connections (`system.max_connections_per_address`) and PAM conversations waiting
+//! for an answer (`security.pam_max_conversations`, 2 per address), so one client
+//! cannot take what everybody shares. Addresses are keyed like the throttle's: IPv4,
+//! or the IPv6 /64.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -8,11 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::throttle::peer_key;
 
-/// Conversations one client address (IPv6: its /64) may have waiting at once.
-pub const PER_ADDRESS: usize = 2;
-
-pub struct Parking {
-    max: usize,
+pub struct Quota {
+    total: usize,
+    per_address: usize,
     state: Mutex<State>,
 }
 
@@ -22,18 +22,23 @@ struct State {
     by_peer: HashMap<IpAddr, usize>,
 }
 
-/// One waiting conversation's place; given back when dropped.
+/// One taken place; given back when dropped.
 pub struct Slot {
-    parking: Arc<Parking>,
+    quota: Arc<Quota>,
     peer: IpAddr,
 }
 
-impl Parking {
-    pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(Parking {
-            max,
+impl Quota {
+    pub fn new(total: usize, per_address: usize) -> Arc<Self> {
+        Arc::new(Quota {
+            total,
+            per_address,
             state: Mutex::new(State::default()),
         })
+    }
+
+    pub fn per_address(&self) -> usize {
+        self.per_address
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -46,25 +51,25 @@ impl Parking {
         let peer = peer_key(peer);
         let mut s = self.lock();
         let mine = s.by_peer.get(&peer).copied().unwrap_or(0);
-        if s.total >= self.max || mine >= PER_ADDRESS {
+        if s.total >= self.total || mine >= self.per_address {
             return None;
         }
         s.total += 1;
         *s.by_peer.entry(peer).or_default() += 1;
         Some(Slot {
-            parking: self.clone(),
+            quota: self.clone(),
             peer,
         })
     }
 
-    pub fn waiting(&self) -> usize {
+    pub fn taken(&self) -> usize {
         self.lock().total
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut s = self.parking.lock();
+        let mut s = self.quota.lock();
         s.total = s.total.saturating_sub(1);
         if let Some(n) = s.by_peer.get_mut(&self.peer) {
             *n -= 1;
@@ -81,7 +86,7 @@ mod tests {
 
     #[test]
     fn two_per_address_and_a_global_bound() {
-        let p = Parking::new(3);
+        let p = Quota::new(3, 2);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let s1 = p.take(a).unwrap();
@@ -95,6 +100,6 @@ mod tests {
         drop(s1);
         let again = p.take(a);
         assert!(again.is_some(), "a returned place can be taken again");
-        assert_eq!(p.waiting(), 3);
+        assert_eq!(p.taken(), 3);
     }
 }
