@@ -398,6 +398,37 @@ mod tests {
         }
     }
 
+    /// An "IdP" on loopback that accepts connections and drops them, counting them.
+    async fn dead_idp() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn logins_waiting_for_a_first_key_set_share_one_fetch_per_floor() {
+        let (url, seen) = dead_idp().await;
+        let http = http_client(None).unwrap();
+        let keys = Arc::new(Keys::new(Duration::from_secs(60)));
+        let mut waiting = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let (keys, http, url) = (keys.clone(), http.clone(), url.clone());
+            waiting.spawn(async move { keys.get_or_fetch(&http, &url).await.is_err() });
+        }
+        assert!(waiting.join_all().await.into_iter().all(|failed| failed));
+        assert!(keys.get_or_fetch(&http, &url).await.is_err());
+        assert!(keys.refetch_for(&http, &url, "k").await.is_err());
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
     fn answer(body: Vec<u8>) -> reqwest::Response {
         reqwest::Response::from(hyper::http::Response::new(body))
     }
