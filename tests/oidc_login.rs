@@ -316,11 +316,17 @@ async fn claim_paths_and_disabled_groups() {
 async fn key_rotation_is_picked_up_and_an_idp_outage_keeps_known_keys() {
     let dir = tempdir();
     let mut idp = Idp::start(dir.path());
-    let d = daemon(dir.path(), &idp, "jwt", &[]);
+    let d = daemon(
+        dir.path(),
+        &idp,
+        "jwt",
+        &["security.oidc.jwks_refetch_interval=5"],
+    );
     let old = idp.token("oidc-alice", &[], Some(AUD), "RS256", 300).await;
     assert_eq!(bearer(&d, &old).await.status, 200);
     idp.rotate().await;
-    // One refetch per 5 s at most: wait that out, then the new kid is fetched on demand.
+    // One refetch per jwks_refetch_interval (5 s here) at most: wait that out, then
+    // the new kid is fetched on demand.
     tokio::time::sleep(Duration::from_millis(5200)).await;
     let new = idp.token("oidc-alice", &[], Some(AUD), "RS256", 300).await;
     assert_eq!(bearer(&d, &new).await.status, 200, "{}", d.log());
@@ -581,4 +587,206 @@ async fn the_cli_runs_the_authorization_code_flow_with_pkce() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["user"], "oidc-gina");
     assert_eq!(strings(&v["groups"]), ["pcops"]);
+}
+
+// ---------------------------------------------------------------- hostile clients (SPEC §9)
+
+const INTROSPECT: (&str, &str) = ("POST", "/token/introspection");
+
+/// Many refusals from one address: keep the per-address throttle out of the picture.
+const NO_THROTTLE: &str = "security.max_failed_attempts=0";
+
+#[tokio::test]
+async fn a_session_token_at_login_is_a_bad_request_and_never_reaches_the_idp() {
+    let dir = tempdir();
+    let idp = Idp::start(dir.path());
+    let d = daemon(dir.path(), &idp, "auto", &[]);
+    let jwt = idp.token("oidc-alice", &[], Some(AUD), "RS256", 300).await;
+    let r = bearer(&d, &jwt).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let session = r.json()["session"].as_str().unwrap().to_string();
+    assert!(session.starts_with("pcs_"), "{session}");
+
+    let r = bearer(&d, &session).await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (400, json!("bad_request")),
+        "{:?}",
+        r.json()
+    );
+    let (m, p) = INTROSPECT;
+    assert_eq!(idp.requests(m, p), 0, "the IdP was asked:\n{}", idp.log());
+    assert_eq!(idp.requests("GET", "/me"), 0, "{}", idp.log());
+    assert!(
+        !d.log().contains(&session),
+        "a session token reached the log"
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_junk_token_costs_one_introspection_call() {
+    let dir = tempdir();
+    let idp = Idp::start(dir.path());
+    let d = daemon(dir.path(), &idp, "auto", &[NO_THROTTLE]);
+    let (m, p) = INTROSPECT;
+    // One after another: the refusal is remembered.
+    for _ in 0..20 {
+        let r = bearer(&d, "junk-opaque-token-0001").await;
+        assert_eq!(
+            (r.status, r.json()["error"].clone()),
+            (401, json!("authentication_failed"))
+        );
+    }
+    assert_eq!(idp.requests(m, p), 1, "{}", idp.log());
+    // All at once: one call shared by the identical tokens in flight.
+    let replies = concurrent_bearers(&d, "junk-opaque-token-0002", 20).await;
+    for r in replies {
+        assert_eq!(r.status, 401, "{:?}", r.json());
+    }
+    assert_eq!(idp.requests(m, p), 2, "{}", idp.log());
+    // A real token is still introspected and accepted.
+    let good = idp.opaque("oidc-dave", &["pcops"]).await;
+    assert_eq!(bearer(&d, &good).await.status, 200, "{}", d.log());
+}
+
+/// `n` logins with the same bearer token at once, each on its own connection.
+async fn concurrent_bearers(d: &Daemon, token: &str, n: usize) -> Vec<Reply> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (url, ca, token) = (d.url.clone(), d.ca(), token.to_string());
+        set.spawn(async move {
+            let auth = format!("Bearer {token}");
+            portcullis::cli::client::Client::new(&url, Some(&ca), None)
+                .unwrap()
+                .request(
+                    hyper::Method::POST,
+                    "/v1/login",
+                    &[("authorization", &auth)],
+                    None,
+                )
+                .await
+                .unwrap()
+        });
+    }
+    set.join_all().await
+}
+
+#[tokio::test]
+async fn client_text_in_a_jwt_header_cannot_forge_or_flood_log_lines() {
+    let dir = tempdir();
+    let idp = Idp::start(dir.path());
+    let d = daemon(dir.path(), &idp, "jwt", &[NO_THROTTLE]);
+    let good = idp.token("oidc-alice", &[], Some(AUD), "RS256", 300).await;
+    assert_eq!(bearer(&d, &good).await.status, 200);
+    let payload = good.split('.').nth(1).unwrap().to_string();
+
+    // An algorithm name carrying a newline and a fake audit line.
+    let forged = "2099-01-01T00:00:00.000000Z  INFO audit: event=\"login\" peer=203.0.113.9:4242 \
+                  mechanism=\"oidc\" user=\"forged-root\" result=\"success\" reason=\"ok\"";
+    let header = json!({"alg": format!("RS256\n{forged}"), "typ": "JWT"});
+    let t = format!(
+        "{}.{payload}.c2ln",
+        URL_SAFE_NO_PAD.encode(header.to_string())
+    );
+    assert_refused(&bearer(&d, &t).await, &d, "token_malformed");
+
+    // A 10,000-character kid, logged with the unknown-key refusal.
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": "k".repeat(10_000)});
+    let t = format!(
+        "{}.{payload}.c2ln",
+        URL_SAFE_NO_PAD.encode(header.to_string())
+    );
+    assert_refused(&bearer(&d, &t).await, &d, "unknown_key");
+
+    let log = d.log();
+    for line in log.lines() {
+        assert!(
+            !line.starts_with("2099-"),
+            "a forged line in the log:\n{log}"
+        );
+        if line.contains("forged-root") {
+            assert!(
+                line.contains("not a usable JWT"),
+                "client text outside its field:\n{line}"
+            );
+        }
+        assert!(line.len() < 1024, "a {}-byte log line", line.len());
+    }
+    assert!(
+        log.contains(r"RS256\u{a}2099-01-01"),
+        "the refusal was not logged with the newline escaped:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_kid_refetches_the_jwks_at_most_once_per_interval() {
+    let dir = tempdir();
+    let idp = Idp::start(dir.path());
+    let d = daemon(dir.path(), &idp, "jwt", &[NO_THROTTLE]);
+    let good = idp.token("oidc-alice", &[], Some(AUD), "RS256", 300).await;
+    assert_eq!(bearer(&d, &good).await.status, 200);
+    let fetched = idp.requests("GET", "/jwks");
+    assert!(fetched >= 1, "{}", idp.log());
+    // Bogus kids spread over more than the old 5 s floor, well within the default
+    // jwks_refetch_interval of 60 s.
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(5500)).await;
+        }
+        let mut c = claims("oidc-alice");
+        c["iss"] = json!(idp.url);
+        let t = idp
+            .sign(json!({"kid": format!("bogus-{i}")}), c, "rsa")
+            .await;
+        assert_refused(&bearer(&d, &t).await, &d, "unknown_key");
+    }
+    assert!(
+        idp.requests("GET", "/jwks") <= fetched + 1,
+        "{} JWKS fetches after {fetched}:\n{}",
+        idp.requests("GET", "/jwks"),
+        idp.log()
+    );
+}
+
+#[test]
+fn plain_http_idp_endpoints_off_loopback_are_configuration_errors() {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "check-config",
+            "-D",
+            "security.oidc.issuer=http://idp.example.com",
+            "-D",
+            "security.oidc.audience=https://portcullis.test",
+            "-D",
+            "security.oidc.validation_mode=jwt",
+            "-D",
+            "security.oidc.jwks_uri=http://idp.example.com/jwks",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("security.oidc.issuer") && err.contains("security.oidc.jwks_uri"),
+        "{err}"
+    );
+    // Loopback may use plain http (a local test IdP or sidecar).
+    let out = std::process::Command::new(BIN)
+        .args([
+            "check-config",
+            "-D",
+            "security.oidc.issuer=http://127.0.0.1:9999",
+            "-D",
+            "security.oidc.audience=https://portcullis.test",
+            "-D",
+            "security.oidc.validation_mode=jwt",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

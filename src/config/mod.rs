@@ -774,6 +774,10 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
                 missing.join(", ")
             ));
         }
+        errors.extend(crate::auth::oidc::insecure_endpoints(&config.security.oidc));
+        if config.security.oidc.jwks_refetch_interval == 0 {
+            errors.push("\"security.oidc.jwks_refetch_interval\" must be at least 1".into());
+        }
     }
     Some(config)
 }

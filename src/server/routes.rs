@@ -458,6 +458,10 @@ fn parse_authorization(value: &HeaderValue) -> Result<Credentials, AuthError> {
             }
             Ok(Credentials::Negotiate(blob))
         }
+        // Refused before any authenticator runs, so it never reaches the IdP (SPEC §9).
+        "bearer" if param.starts_with(token::PREFIX) => {
+            Err(crate::auth::oidc::session_token_presented())
+        }
         "bearer" if !param.is_empty() => Ok(Credentials::Bearer(Secret::new(param.to_string()))),
         "bearer" => Err(malformed("bad_authorization", "the Bearer token is empty")),
         _ => Err(malformed(

@@ -50,7 +50,7 @@ impl Idp {
         let node = std::env::var("PORTCULLIS_TEST_NODE").unwrap_or_else(|_| "node".to_string());
         let mut child = Command::new(&node)
             .arg(&script)
-            .args(["--port", "0", "--cert"])
+            .args(["--port", "0", "--log-requests", "--cert"])
             .arg(&cert)
             .arg("--key")
             .arg(&key)
@@ -113,6 +113,14 @@ impl Idp {
     /// What the IdP wrote on stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// How many requests for `method` `path` (no query string) the IdP has received,
+    /// from its `--log-requests` lines: the calls the daemon made, e.g.
+    /// `requests("POST", "/token/introspection")`.
+    pub fn requests(&self, method: &str, path: &str) -> usize {
+        let line = format!("idp: request {method} {path}");
+        self.log().lines().filter(|l| l.trim_end() == line).count()
     }
 
     /// An HTTPS client for the IdP (trusting `ca`).

@@ -3,6 +3,9 @@
 //
 //   node tests/idp/server.js --port 0 --cert CERT.pem --key KEY.pem
 //   node tests/idp/server.js --port 0 --http          (plain http, for debugging)
+//   ... --log-requests   also write "idp: request METHOD /path" on stderr as each
+//                        request arrives (no query string), so a test can count the
+//                        calls the daemon made
 //
 // Listens on 127.0.0.1 only. When ready it prints exactly one line on stdout,
 //   idp: listening on https://127.0.0.1:PORT
@@ -71,7 +74,7 @@ function log(...args) {
 // ---------------------------------------------------------------- arguments
 
 function parseArgs(argv) {
-  const opts = { port: 0, cert: null, key: null, http: false };
+  const opts = { port: 0, cert: null, key: null, http: false, logRequests: false };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     const value = () => {
@@ -89,6 +92,7 @@ function parseArgs(argv) {
       case '--cert': opts.cert = value(); break;
       case '--key': opts.key = value(); break;
       case '--http': opts.http = true; break;
+      case '--log-requests': opts.logRequests = true; break;
       case '-h': case '--help': usage(null); break;
       default: usage(`unknown argument ${a}`);
     }
@@ -99,7 +103,7 @@ function parseArgs(argv) {
 
 function usage(message) {
   if (message) log(message);
-  console.error('usage: node tests/idp/server.js [--port N] (--cert CERT.pem --key KEY.pem | --http)');
+  console.error('usage: node tests/idp/server.js [--port N] [--log-requests] (--cert CERT.pem --key KEY.pem | --http)');
   process.exit(message ? 2 : 0);
 }
 
@@ -623,8 +627,11 @@ async function openshiftUser(req, res) {
   });
 }
 
+let LOG_REQUESTS = false;
+
 async function handle(req, res) {
   const started = Date.now();
+  if (LOG_REQUESTS) log(`request ${req.method} ${(req.url ?? '/').split('?')[0]}`);
   if (DEBUG) res.on('finish', () => log(`${req.method} ${req.url} -> ${res.statusCode} (${Date.now() - started} ms)`));
   try {
     const url = new URL(req.url ?? '/', selfUrl);
@@ -661,6 +668,7 @@ process.on('uncaughtException', (e) => log('uncaught exception:', e?.stack ?? e)
 for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(sig, () => process.exit(0));
 
 const opts = parseArgs(process.argv.slice(2));
+LOG_REQUESTS = opts.logRequests;
 let server;
 try {
   server = opts.http

@@ -5,23 +5,29 @@
 //! What the IdP says is cached: discovery and the JWKS are refreshed in the
 //! background and kept when a refresh fails (so known keys keep working through an
 //! IdP outage); an unknown `kid` triggers at most one refetch per
-//! [`MIN_REFETCH`]; introspection answers may be cached (`introspection_cache_ttl`),
-//! never past the token's `exp`. Every failure is logged with its real reason; the
-//! client gets a 401 that does not help an attacker tune a forgery, or a 503 when the
-//! IdP cannot be asked.
+//! `jwks_refetch_interval`; introspection answers may be cached
+//! (`introspection_cache_ttl`), never past the token's `exp`. Every failure is logged
+//! with its real reason; the client gets a 401 that does not help an attacker tune a
+//! forgery, or a 503 when the IdP cannot be asked.
+//!
+//! People without credentials must not be able to turn the daemon against the IdP
+//! (SPEC §9): outbound calls are bounded ([`IDP_CALLS`]), a refused opaque token is
+//! remembered by hash for [`REFUSED_TTL`] so repeating it costs nothing, identical
+//! tokens in flight share one call, and every endpoint is `https://` (or loopback)
+//! with answers bounded to [`provider::MAX_ANSWER`].
 
+pub mod cache;
 pub mod claims;
 pub mod provider;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Validation, decode, decode_header};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use super::{
@@ -29,16 +35,26 @@ use super::{
     valid_username,
 };
 use crate::config::{Mechanism, Oidc};
-use provider::{Endpoints, Keys, Unreachable};
+use crate::logsafe::Untrusted;
+use cache::{Flights, TokenCache, TokenKey, token_key};
+use provider::{Endpoints, Keys, RETRY_FLOOR, Unreachable};
 
-/// The least time between two JWKS fetches caused by unknown `kid`s.
-pub const MIN_REFETCH: Duration = Duration::from_secs(5);
 /// Background refresh of discovery and JWKS.
 const REFRESH_EVERY: Duration = Duration::from_secs(300);
 /// Clock skew allowed on `exp` and `nbf` (issue 6).
 const LEEWAY: u64 = 60;
 /// Bound on cached introspection answers.
 const CACHE_MAX: usize = 10_000;
+/// How long a refused opaque token is answered from memory, without asking the IdP.
+/// Short: a token the IdP refused does not turn valid, but the map must stay small.
+pub const REFUSED_TTL: Duration = Duration::from_secs(60);
+/// Bound on remembered refusals.
+const REFUSED_MAX: usize = 50_000;
+/// Outbound calls to the IdP (introspection, userinfo, user API) at once, so a flood
+/// of junk tokens cannot open thousands of connections to the IdP.
+pub const IDP_CALLS: usize = 16;
+/// How long a login waits for one of the [`IDP_CALLS`] before it is told 503.
+const IDP_CALL_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -124,8 +140,29 @@ pub fn missing_settings(o: &Oidc) -> Vec<&'static str> {
     missing
 }
 
-/// Introspection answers by SHA-256 of the token, with the instant they lapse.
-type IntrospectionCache = HashMap<[u8; 32], (Instant, Arc<Value>)>;
+/// Configured IdP endpoints that are neither `https://` nor loopback `http://`, as
+/// configuration errors naming the key (SPEC §9).
+pub fn insecure_endpoints(o: &Oidc) -> Vec<String> {
+    [
+        ("security.oidc.issuer", &o.issuer),
+        ("security.oidc.jwks_uri", &o.jwks_uri),
+        ("security.oidc.introspection_uri", &o.introspection_uri),
+        ("security.oidc.userinfo_uri", &o.userinfo_uri),
+        ("security.oidc.openshift_user_api_uri", &o.openshift_user_api_uri),
+    ]
+    .into_iter()
+    .filter_map(|(key, v)| v.as_deref().map(|url| (key, url)))
+    .filter(|(_, url)| !provider::endpoint_allowed(url))
+    .map(|(key, url)| {
+        format!(
+            "\"{key}\" is \"{url}\": IdP endpoints must be https:// URLs (plain http:// only to localhost, 127.0.0.0/8 or ::1)"
+        )
+    })
+    .collect()
+}
+
+/// The outcome of asking the IdP about an opaque token, shared by identical tokens.
+type Verdict = Result<Value, AuthError>;
 
 struct Inner {
     settings: Oidc,
@@ -134,7 +171,12 @@ struct Inner {
     endpoints: ArcSwapOption<Endpoints>,
     discovery_attempt: tokio::sync::Mutex<Option<(Instant, Option<Unreachable>)>>,
     keys: Keys,
-    cache: Mutex<IntrospectionCache>,
+    /// Introspection answers (`introspection_cache_ttl`).
+    cache: TokenCache<Arc<Value>>,
+    /// Opaque tokens the IdP refused, with the refusal to repeat.
+    refused: TokenCache<AuthError>,
+    in_flight: Flights<Verdict>,
+    idp_calls: Semaphore,
 }
 
 pub struct OidcAuthenticator {
@@ -143,6 +185,15 @@ pub struct OidcAuthenticator {
 
 fn rejected(reason: &'static str) -> AuthError {
     AuthError::rejected(reason, "the bearer token was not accepted")
+}
+
+/// A `pcs_…` session token sent to log in: a client mistake, answered 400 without
+/// asking the IdP (it would otherwise see our session tokens).
+pub fn session_token_presented() -> AuthError {
+    AuthError::Malformed {
+        reason: "session_token_presented",
+        message: "this is a portcullis session token; it is checked at GET /v1/session, not used to log in (send a token from the identity provider)".into(),
+    }
 }
 
 fn unavailable(e: Unreachable) -> AuthError {
@@ -172,8 +223,11 @@ impl OidcAuthenticator {
             http,
             endpoints: ArcSwapOption::empty(),
             discovery_attempt: tokio::sync::Mutex::new(None),
-            keys: Keys::new(MIN_REFETCH),
-            cache: Mutex::new(HashMap::new()),
+            keys: Keys::new(Duration::from_secs(settings.jwks_refetch_interval.max(1))),
+            cache: TokenCache::new(CACHE_MAX),
+            refused: TokenCache::new(REFUSED_MAX),
+            in_flight: Flights::default(),
+            idp_calls: Semaphore::new(IDP_CALLS),
             settings,
         };
         // When every endpoint the mode needs is configured, discovery is never tried.
@@ -194,7 +248,7 @@ impl OidcAuthenticator {
                 let Some(inner) = weak.upgrade() else { return };
                 let ok = inner.refresh().await;
                 drop(inner);
-                tokio::time::sleep(if ok { REFRESH_EVERY } else { MIN_REFETCH * 2 }).await;
+                tokio::time::sleep(if ok { REFRESH_EVERY } else { RETRY_FLOOR * 2 }).await;
             }
         });
     }
@@ -207,13 +261,35 @@ impl Inner {
             || (self.mode.uses_userinfo() && e.userinfo.is_none())
     }
 
-    fn merged(&self, found: Endpoints) -> Endpoints {
+    /// Discovered endpoints under the configured ones, keeping only those the mode
+    /// uses. A discovered plain-`http://` endpoint off loopback makes the IdP unusable
+    /// (logins get 503) rather than sending tokens and secrets in clear text.
+    fn merged(&self, found: Endpoints) -> Result<Endpoints, Unreachable> {
         let s = &self.settings;
-        Endpoints {
-            jwks_uri: s.jwks_uri.clone().or(found.jwks_uri),
-            introspection: s.introspection_uri.clone().or(found.introspection),
-            userinfo: s.userinfo_uri.clone().or(found.userinfo),
+        let m = self.mode;
+        let pick = |configured: &Option<String>, found: Option<String>, used: bool| {
+            used.then(|| configured.clone().or(found)).flatten()
+        };
+        let e = Endpoints {
+            jwks_uri: pick(&s.jwks_uri, found.jwks_uri, m.uses_jwt()),
+            introspection: pick(
+                &s.introspection_uri,
+                found.introspection,
+                m.uses_introspection(),
+            ),
+            userinfo: pick(&s.userinfo_uri, found.userinfo, m.uses_userinfo()),
+        };
+        for url in [&e.jwks_uri, &e.introspection, &e.userinfo]
+            .into_iter()
+            .flatten()
+        {
+            if !provider::endpoint_allowed(url) {
+                return Err(Unreachable(format!(
+                    "discovery names the endpoint {url}, which is neither https:// nor loopback; refusing to use it"
+                )));
+            }
         }
+        Ok(e)
     }
 
     async fn refresh(&self) -> bool {
@@ -224,8 +300,11 @@ impl Inner {
             userinfo: self.settings.userinfo_uri.clone(),
         }) && let Some(issuer) = &self.settings.issuer
         {
-            match provider::discover(&self.http, issuer).await {
-                Ok(found) => self.endpoints.store(Some(Arc::new(self.merged(found)))),
+            match provider::discover(&self.http, issuer)
+                .await
+                .and_then(|found| self.merged(found))
+            {
+                Ok(e) => self.endpoints.store(Some(Arc::new(e))),
                 Err(e) => {
                     tracing::warn!(error = %e, "OIDC discovery refresh failed; keeping what is known");
                     ok = false;
@@ -247,7 +326,7 @@ impl Inner {
     }
 
     /// The endpoints, discovering them now if that has not worked yet (at most once
-    /// per [`MIN_REFETCH`]; meanwhile logins get 503).
+    /// per [`RETRY_FLOOR`], shared by every login waiting; meanwhile logins get 503).
     async fn endpoints(&self) -> Result<Arc<Endpoints>, AuthError> {
         if let Some(e) = self.endpoints.load_full() {
             return Ok(e);
@@ -257,14 +336,17 @@ impl Inner {
             return Ok(e);
         }
         if let Some((at, Some(err))) = attempt.as_ref()
-            && at.elapsed() < MIN_REFETCH
+            && at.elapsed() < RETRY_FLOOR
         {
             return Err(unavailable(err.clone()));
         }
         let issuer = self.settings.issuer.clone().unwrap_or_default();
-        match provider::discover(&self.http, &issuer).await {
-            Ok(found) => {
-                let e = Arc::new(self.merged(found));
+        match provider::discover(&self.http, &issuer)
+            .await
+            .and_then(|found| self.merged(found))
+        {
+            Ok(e) => {
+                let e = Arc::new(e);
                 self.endpoints.store(Some(e.clone()));
                 *attempt = Some((Instant::now(), None));
                 Ok(e)
@@ -279,19 +361,69 @@ impl Inner {
     async fn validate(&self, token: &str) -> Result<Value, AuthError> {
         match self.mode {
             Mode::Jwt => self.jwt(token).await,
-            Mode::Introspection => self.introspect(token).await,
-            Mode::IntrospectionUserinfo => self.introspect_then_userinfo(token).await,
-            Mode::OpenshiftUserapi => self.openshift(token).await,
             // Compact JWS has exactly two dots; anything else is an opaque token.
             Mode::Auto if token.matches('.').count() == 2 => self.jwt(token).await,
-            Mode::Auto => self.introspect_then_userinfo(token).await,
+            _ => self.opaque(token).await,
+        }
+    }
+
+    /// An opaque token: a refusal remembered from the last [`REFUSED_TTL`] is repeated
+    /// without asking the IdP; otherwise one IdP round for all identical tokens in
+    /// flight, and a refusal is remembered.
+    async fn opaque(&self, token: &str) -> Result<Value, AuthError> {
+        let key = token_key(token);
+        if let Some(e) = self.refused.get(&key) {
+            tracing::info!(
+                reason = e.reason(),
+                "bearer token refused again (remembered; the IdP was not asked)"
+            );
+            return Err(e);
+        }
+        self.in_flight.run(key, self.ask_idp(token, key)).await
+    }
+
+    async fn ask_idp(&self, token: &str, key: TokenKey) -> Verdict {
+        // A call that finished between our first look and joining the flights may
+        // have just refused this token.
+        if let Some(e) = self.refused.get(&key) {
+            return Err(e);
+        }
+        let verdict = match self.mode {
+            Mode::Introspection => self.introspect(token, key).await,
+            Mode::OpenshiftUserapi => self.openshift(token).await,
+            _ => self.introspect_then_userinfo(token, key).await,
+        };
+        if let Err(e @ AuthError::Rejected { .. }) = &verdict {
+            self.refused.insert(key, e.clone(), REFUSED_TTL);
+        }
+        verdict
+    }
+
+    /// One of the [`IDP_CALLS`] outbound slots, held for a whole IdP call (answer
+    /// included); 503 when none frees up within [`IDP_CALL_WAIT`].
+    async fn idp_call(&self) -> Result<SemaphorePermit<'_>, AuthError> {
+        match tokio::time::timeout(IDP_CALL_WAIT, self.idp_calls.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                tracing::warn!(
+                    limit = IDP_CALLS,
+                    "every outbound IdP call slot stayed busy; refusing the login with 503"
+                );
+                Err(AuthError::Unavailable {
+                    reason: "idp_busy",
+                    message:
+                        "too many logins are waiting for the identity provider; try again shortly"
+                            .into(),
+                })
+            }
         }
     }
 
     async fn jwt(&self, token: &str) -> Result<Value, AuthError> {
         let header = decode_header(token).map_err(|e| {
             // `alg: none` and unknown algorithms fail here: there is no such variant.
-            tracing::info!(error = %e, "bearer token refused: not a usable JWT");
+            // The error quotes the client's header, so it is cleaned for the log.
+            tracing::info!(error = %Untrusted(&e.to_string()), "bearer token refused: not a usable JWT");
             rejected("token_malformed")
         })?;
         let endpoints = self.endpoints().await?;
@@ -299,14 +431,11 @@ impl Inner {
             .jwks_uri
             .clone()
             .ok_or_else(|| unavailable(Unreachable("the IdP publishes no jwks_uri".into())))?;
-        let set = match self.keys.current() {
-            Some(s) => s,
-            None => self
-                .keys
-                .fetch(&self.http, &uri)
-                .await
-                .map_err(unavailable)?,
-        };
+        let set = self
+            .keys
+            .get_or_fetch(&self.http, &uri)
+            .await
+            .map_err(unavailable)?;
         let mut candidates = set.candidates(header.kid.as_deref(), header.alg);
         if candidates.is_empty()
             && let Some(kid) = header.kid.as_deref()
@@ -320,7 +449,7 @@ impl Inner {
             }
         }
         if candidates.is_empty() {
-            tracing::info!(kid = ?header.kid, alg = ?header.alg, "bearer token refused: no IdP key for this kid and algorithm");
+            tracing::info!(kid = %Untrusted(header.kid.as_deref().unwrap_or("")), alg = ?header.alg, "bearer token refused: no IdP key for this kid and algorithm");
             return Err(rejected("unknown_key"));
         }
         let s = &self.settings;
@@ -348,19 +477,13 @@ impl Inner {
             ErrorKind::InvalidAlgorithm => "algorithm_mismatch",
             _ => "token_invalid",
         };
-        tracing::info!(reason, error = %e, "bearer token refused");
+        tracing::info!(reason, error = %Untrusted(&e.to_string()), "bearer token refused");
         Err(rejected(reason))
     }
 
-    fn cached(&self, key: &[u8; 32]) -> Option<Arc<Value>> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .get(key)
-            .filter(|(until, _)| *until > Instant::now())
-            .map(|(_, v)| v.clone())
-    }
-
-    fn remember(&self, key: [u8; 32], claims: &Arc<Value>) {
+    /// Keep an introspection answer for `introspection_cache_ttl`, never past the
+    /// token's own `exp`.
+    fn remember(&self, key: TokenKey, claims: &Arc<Value>) {
         let ttl = self.settings.introspection_cache_ttl;
         if ttl == 0 {
             return;
@@ -369,30 +492,17 @@ impl Inner {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        // Never past the token's own expiry.
         let left = claims["exp"]
             .as_u64()
             .map_or(ttl, |exp| exp.saturating_sub(now_unix).min(ttl));
-        if left == 0 {
-            return;
+        if left > 0 {
+            self.cache
+                .insert(key, claims.clone(), Duration::from_secs(left));
         }
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_MAX {
-            let now = Instant::now();
-            cache.retain(|_, (until, _)| *until > now);
-            if cache.len() >= CACHE_MAX {
-                return;
-            }
-        }
-        cache.insert(
-            key,
-            (Instant::now() + Duration::from_secs(left), claims.clone()),
-        );
     }
 
-    async fn introspect(&self, token: &str) -> Result<Value, AuthError> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(hit) = self.cached(&key) {
+    async fn introspect(&self, token: &str, key: TokenKey) -> Result<Value, AuthError> {
+        if let Some(hit) = self.cache.get(&key) {
             return Ok((*hit).clone());
         }
         let endpoints = self.endpoints().await?;
@@ -406,6 +516,7 @@ impl Inner {
             .introspection_client_secret
             .as_ref()
             .map(|z| z.as_str().to_string());
+        let _slot = self.idp_call().await?;
         let resp = self
             .http
             .post(&uri)
@@ -424,10 +535,9 @@ impl Inner {
                 resp.status()
             ))));
         }
-        let claims: Value = resp
-            .json()
+        let claims = provider::read_json(resp, &format!("POST {uri}"))
             .await
-            .map_err(|e| unavailable(Unreachable(format!("POST {uri}: not JSON: {e}"))))?;
+            .map_err(unavailable)?;
         if claims["active"] != Value::Bool(true) {
             tracing::info!("bearer token refused: introspection says it is not active");
             return Err(rejected("introspection_inactive"));
@@ -453,7 +563,7 @@ impl Inner {
             && iss.trim_end_matches('/') != want.trim_end_matches('/')
         {
             tracing::info!(
-                iss,
+                iss = %Untrusted(iss),
                 "bearer token refused: introspection shows another issuer"
             );
             return Err(rejected("wrong_issuer"));
@@ -471,13 +581,18 @@ impl Inner {
                 .is_some_and(|id| wanted.contains(&id)),
         };
         if !ok {
-            tracing::info!(aud = %c["aud"], client_id = %c["client_id"], "bearer token refused: not for this audience");
+            tracing::info!(
+                aud = %Untrusted(&c["aud"].to_string()),
+                client_id = %Untrusted(&c["client_id"].to_string()),
+                "bearer token refused: not for this audience"
+            );
             return Err(rejected("wrong_audience"));
         }
         Ok(())
     }
 
     async fn bearer_get(&self, uri: &str, token: &str) -> Result<Value, AuthError> {
+        let _slot = self.idp_call().await?;
         let resp = self
             .http
             .get(uri)
@@ -486,10 +601,9 @@ impl Inner {
             .await
             .map_err(|e| unavailable(Unreachable(format!("GET {uri}: {e}"))))?;
         match resp.status().as_u16() {
-            200..=299 => resp
-                .json()
+            200..=299 => provider::read_json(resp, &format!("GET {uri}"))
                 .await
-                .map_err(|e| unavailable(Unreachable(format!("GET {uri}: not JSON: {e}")))),
+                .map_err(unavailable),
             401 | 403 => {
                 tracing::info!(
                     uri,
@@ -504,8 +618,12 @@ impl Inner {
         }
     }
 
-    async fn introspect_then_userinfo(&self, token: &str) -> Result<Value, AuthError> {
-        let mut claims = self.introspect(token).await?;
+    async fn introspect_then_userinfo(
+        &self,
+        token: &str,
+        key: TokenKey,
+    ) -> Result<Value, AuthError> {
+        let mut claims = self.introspect(token, key).await?;
         let s = &self.settings;
         let missing_user = claims::username(&claims, &s.username_claim).is_none();
         let missing_groups =
@@ -575,6 +693,11 @@ impl Authenticator for OidcAuthenticator {
             };
             let token: Secret = token;
             let text = token.expose();
+            // Also refused in the HTTP layer; here too so no other path can forward a
+            // portcullis session token to the IdP.
+            if text.starts_with(crate::session::token::PREFIX) {
+                return Err(session_token_presented());
+            }
             if text.len() > 16 * 1024 || !text.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(rejected("token_malformed"));
             }
@@ -587,6 +710,57 @@ impl Authenticator for OidcAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configured_plain_http_endpoints_are_named() {
+        let o = Oidc {
+            validation_mode: "auto".into(),
+            issuer: Some("https://idp.example.com".into()),
+            jwks_uri: Some("http://127.0.0.1:9000/jwks".into()),
+            introspection_uri: Some("http://idp.example.com/introspect".into()),
+            userinfo_uri: Some("http://[::1]/me".into()),
+            openshift_user_api_uri: Some("http://api.example.com/users/~".into()),
+            ..Oidc::default()
+        };
+        let e = insecure_endpoints(&o);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("\"security.oidc.introspection_uri\""),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("\"security.oidc.openshift_user_api_uri\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn discovered_plain_http_endpoints_make_the_idp_unusable() {
+        let a = OidcAuthenticator::new(Oidc {
+            validation_mode: "jwt".into(),
+            issuer: Some("https://idp.example.com".into()),
+            audience: Some("pc".into()),
+            jwks_refetch_interval: 60,
+            ..Oidc::default()
+        })
+        .unwrap();
+        let found = |jwks: &str| Endpoints {
+            jwks_uri: Some(jwks.into()),
+            // Not used by the jwt mode: neither kept nor checked.
+            introspection: Some("http://idp.example.com/introspect".into()),
+            userinfo: None,
+        };
+        let e = a
+            .inner
+            .merged(found("https://idp.example.com/jwks"))
+            .unwrap();
+        assert_eq!(e.introspection, None);
+        assert!(
+            a.inner
+                .merged(found("http://idp.example.com/jwks"))
+                .is_err()
+        );
+    }
 
     #[test]
     fn each_mode_lists_what_it_misses() {

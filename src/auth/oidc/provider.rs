@@ -36,6 +36,11 @@ pub fn http_client(ca_cert: Option<&std::path::Path>) -> Result<reqwest::Client,
         .map_err(|e| format!("cannot build the IdP HTTP client: {e}"))
 }
 
+/// The most an IdP answer (discovery, JWKS, introspection, userinfo) may weigh. Real
+/// ones are a few KiB; a bigger one is a broken or hostile IdP and must not make the
+/// daemon buffer without bound.
+pub const MAX_ANSWER: usize = 1 << 20;
+
 /// GET a JSON document; any failure is `Unreachable`.
 pub async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, Unreachable> {
     let resp = http
@@ -46,9 +51,61 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, Unreac
     if !resp.status().is_success() {
         return Err(Unreachable(format!("GET {url}: HTTP {}", resp.status())));
     }
-    resp.json()
+    read_json(resp, &format!("GET {url}")).await
+}
+
+/// The body of an IdP answer, refused once it passes [`MAX_ANSWER`]: read chunk by
+/// chunk, so a huge or endless body costs at most that much memory.
+pub async fn read_bounded(mut resp: reqwest::Response, what: &str) -> Result<Vec<u8>, Unreachable> {
+    let too_big = || {
+        Unreachable(format!(
+            "{what}: the answer is larger than {MAX_ANSWER} bytes"
+        ))
+    };
+    if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|e| Unreachable(format!("GET {url}: not JSON: {e}")))
+        .map_err(|e| Unreachable(format!("{what}: {e}")))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A JSON IdP answer, read with [`read_bounded`].
+pub async fn read_json(resp: reqwest::Response, what: &str) -> Result<Value, Unreachable> {
+    let body = read_bounded(resp, what).await?;
+    serde_json::from_slice(&body).map_err(|e| Unreachable(format!("{what}: not JSON: {e}")))
+}
+
+/// Whether an IdP endpoint may be used: `https://`, or plain `http://` to a loopback
+/// host (a test IdP, a sidecar). Anything else would send tokens and client secrets
+/// in clear text, and let the network forge the keys and verdicts we trust.
+pub fn endpoint_allowed(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match u.scheme() {
+        "https" => u.host().is_some(),
+        "http" => u.host_str().is_some_and(loopback_host),
+        _ => false,
+    }
+}
+
+/// `localhost`, 127.0.0.0/8 or ::1 (as `Url::host_str` writes them).
+fn loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.trim_end_matches('.').eq_ignore_ascii_case("localhost"),
+    }
 }
 
 /// The endpoints a mode needs, from configuration or discovery.
@@ -197,22 +254,36 @@ impl KeySet {
     }
 }
 
-/// The JWKS cache: refreshed in the background, and on an unknown `kid` at most once
-/// per `min_refetch`, so key rotation needs no restart and bogus kids cannot make the
-/// daemon hammer the IdP.
+/// The least time between two JWKS fetches while no key set has loaded yet (the IdP
+/// down at startup): logins waiting for keys share one attempt and its outcome.
+pub const RETRY_FLOOR: Duration = Duration::from_secs(5);
+
+/// One JWKS fetch: when, and whether it worked (its error is repeated to the logins
+/// that come before the next fetch is allowed).
+#[derive(Clone)]
+struct Attempt {
+    at: Instant,
+    result: Result<(), Unreachable>,
+}
+
+/// The JWKS cache: refreshed in the background, on an unknown `kid` at most once per
+/// `refetch_interval` (`security.oidc.jwks_refetch_interval`), and while no set has
+/// loaded at most once per [`RETRY_FLOOR`], so key rotation needs no restart and bogus
+/// kids or an IdP outage cannot make the daemon hammer the IdP.
 pub struct Keys {
     current: ArcSwapOption<KeySet>,
-    /// When the JWKS was last fetched, and whether that worked.
-    last_fetch: tokio::sync::Mutex<Option<(Instant, bool)>>,
-    min_refetch: Duration,
+    /// The last fetch; the lock also makes concurrent callers wait for one fetch
+    /// instead of each starting their own.
+    last: tokio::sync::Mutex<Option<Attempt>>,
+    refetch_interval: Duration,
 }
 
 impl Keys {
-    pub fn new(min_refetch: Duration) -> Self {
+    pub fn new(refetch_interval: Duration) -> Self {
         Keys {
             current: ArcSwapOption::empty(),
-            last_fetch: tokio::sync::Mutex::new(None),
-            min_refetch,
+            last: tokio::sync::Mutex::new(None),
+            refetch_interval,
         }
     }
 
@@ -220,50 +291,76 @@ impl Keys {
         self.current.load_full()
     }
 
+    /// Fetch now (the background refresh, which paces itself).
     pub async fn fetch(
         &self,
         http: &reqwest::Client,
         uri: &str,
     ) -> Result<Arc<KeySet>, Unreachable> {
-        let mut last = self.last_fetch.lock().await;
+        let mut last = self.last.lock().await;
+        self.fetch_locked(&mut last, http, uri).await
+    }
+
+    /// The key set for a login: the loaded one, else a fetch, at most one per
+    /// [`RETRY_FLOOR`] (meanwhile the last failure is repeated).
+    pub async fn get_or_fetch(
+        &self,
+        http: &reqwest::Client,
+        uri: &str,
+    ) -> Result<Arc<KeySet>, Unreachable> {
+        if let Some(set) = self.current() {
+            return Ok(set);
+        }
+        let mut last = self.last.lock().await;
+        if let Some(set) = self.current() {
+            return Ok(set);
+        }
+        if let Some(Attempt { at, result: Err(e) }) = last.as_ref()
+            && at.elapsed() < RETRY_FLOOR
+        {
+            return Err(e.clone());
+        }
         self.fetch_locked(&mut last, http, uri).await
     }
 
     async fn fetch_locked(
         &self,
-        last: &mut Option<(Instant, bool)>,
+        last: &mut Option<Attempt>,
         http: &reqwest::Client,
         uri: &str,
     ) -> Result<Arc<KeySet>, Unreachable> {
         let result = get_json(http, uri)
             .await
             .map(|doc| Arc::new(KeySet::parse(&doc)));
-        *last = Some((Instant::now(), result.is_ok()));
+        *last = Some(Attempt {
+            at: Instant::now(),
+            result: result.as_ref().map(|_| ()).map_err(Clone::clone),
+        });
         let set = result?;
         self.current.store(Some(set.clone()));
         Ok(set)
     }
 
-    /// Refetch for an unknown `kid`, unless a fetch happened within `min_refetch`
-    /// (then its outcome is repeated: no new key, or still unreachable).
-    /// Concurrent callers wait for one fetch instead of each starting their own.
+    /// Refetch for an unknown `kid`, unless a fetch happened within
+    /// `refetch_interval` (then its outcome is repeated: no new key, or still
+    /// unreachable). Concurrent callers wait for one fetch.
     pub async fn refetch_for(
         &self,
         http: &reqwest::Client,
         uri: &str,
         kid: &str,
     ) -> Result<Option<Arc<KeySet>>, Unreachable> {
-        let mut last = self.last_fetch.lock().await;
+        let mut last = self.last.lock().await;
         if let Some(set) = self.current()
             && set.has_kid(kid)
         {
             return Ok(Some(set));
         }
-        match *last {
-            Some((at, false)) if at.elapsed() < self.min_refetch => Err(Unreachable(
-                "the IdP's JWKS could not be fetched (retrying shortly)".into(),
-            )),
-            Some((at, true)) if at.elapsed() < self.min_refetch => Ok(None),
+        match last.as_ref() {
+            Some(a) if a.at.elapsed() < self.refetch_interval => match &a.result {
+                Ok(()) => Ok(None),
+                Err(e) => Err(e.clone()),
+            },
             _ => self.fetch_locked(&mut last, http, uri).await.map(Some),
         }
     }
@@ -273,6 +370,81 @@ impl Keys {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn endpoints_must_be_https_or_loopback_http() {
+        for ok in [
+            "https://idp.example.com/realms/corp",
+            "https://10.0.0.5:8443/jwks",
+            "http://127.0.0.1:8080",
+            "http://127.9.9.9/jwks",
+            "http://[::1]:8080/token/introspection",
+            "http://localhost:8080",
+            "http://LOCALHOST./x",
+        ] {
+            assert!(endpoint_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "http://idp.example.com",
+            "http://10.0.0.5/jwks",
+            "http://localhost.evil.example/",
+            "http://127.0.0.1.nip.io/",
+            "http://[::ffff:8.8.8.8]/",
+            "ftp://idp.example.com",
+            "idp.example.com",
+            "",
+        ] {
+            assert!(!endpoint_allowed(bad), "{bad}");
+        }
+    }
+
+    /// An "IdP" on loopback that accepts connections and drops them, counting them.
+    async fn dead_idp() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn logins_waiting_for_a_first_key_set_share_one_fetch_per_floor() {
+        let (url, seen) = dead_idp().await;
+        let http = http_client(None).unwrap();
+        let keys = Arc::new(Keys::new(Duration::from_secs(60)));
+        let mut waiting = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let (keys, http, url) = (keys.clone(), http.clone(), url.clone());
+            waiting.spawn(async move { keys.get_or_fetch(&http, &url).await.is_err() });
+        }
+        assert!(waiting.join_all().await.into_iter().all(|failed| failed));
+        assert!(keys.get_or_fetch(&http, &url).await.is_err());
+        assert!(keys.refetch_for(&http, &url, "k").await.is_err());
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    fn answer(body: Vec<u8>) -> reqwest::Response {
+        reqwest::Response::from(hyper::http::Response::new(body))
+    }
+
+    #[tokio::test]
+    async fn answers_over_one_mib_are_refused() {
+        let mut doc = br#"{"keys":[],"pad":""#.to_vec();
+        doc.resize(MAX_ANSWER - 2, b'x');
+        doc.extend_from_slice(b"\"}");
+        assert_eq!(doc.len(), MAX_ANSWER);
+        let v = read_json(answer(doc.clone()), "GET jwks").await.unwrap();
+        assert!(v["keys"].is_array());
+        doc.push(b' ');
+        let e = read_json(answer(doc), "GET jwks").await.unwrap_err();
+        assert!(e.0.contains("larger than"), "{e}");
+    }
 
     #[test]
     fn algorithms_come_from_the_key_and_symmetric_keys_are_ignored() {
