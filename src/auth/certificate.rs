@@ -1,5 +1,6 @@
-//! The certificate mechanism: rustls has already verified the chain, expiry and CRLs
-//! during the handshake; what is left is reading the user from the subject.
+//! The certificate mechanism: the chain, expiry and CRLs were checked at this login
+//! (`server::tls::TlsSetup::check_chain`); what is left is reading the user from the
+//! subject.
 //!
 //! Exactly one value is required. Two `UID` attributes would let whoever wrote the
 //! certificate request choose which one a sloppy reader picks.
@@ -108,13 +109,17 @@ impl Authenticator for CertificateAuthenticator {
         _ctx: &'a LoginContext,
     ) -> BoxFuture<'a, Result<Outcome, AuthError>> {
         Box::pin(async move {
-            let Credentials::Certificate(der) = credentials else {
+            let leaf = match &credentials {
+                Credentials::Certificate(chain) => chain.first(),
+                _ => None,
+            };
+            let Some(leaf) = leaf else {
                 return Err(AuthError::rejected(
                     "wrong_mechanism",
                     "no client certificate",
                 ));
             };
-            let user = self.user_of(&der)?;
+            let user = self.user_of(leaf)?;
             Ok(Outcome::Authenticated(Identity {
                 user,
                 mechanism: Mechanism::Certificate,

@@ -56,8 +56,9 @@ pub enum Credentials {
     },
     Negotiate(Vec<u8>),
     Bearer(Secret),
-    /// The leaf certificate rustls already verified against `ssl.client_ca_file`.
-    Certificate(CertificateDer<'static>),
+    /// The chain the client presented (leaf first), already checked at this login
+    /// against `ssl.client_ca_file` and the CRLs.
+    Certificate(Vec<CertificateDer<'static>>),
     /// Answers to a PAM conversation's prompts (`POST /v1/login/{conversation}`).
     Continue {
         conversation: String,
