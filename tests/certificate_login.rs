@@ -566,3 +566,41 @@ async fn an_expired_crl_refuses_certificate_logins_unless_allowed() {
         d.log()
     );
 }
+
+#[tokio::test]
+async fn email_addresses_log_in_only_from_the_listed_domains() {
+    let dir = tempdir();
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            "security.pki_user_field=email",
+            "security.pki_email_domains=example.com",
+            "security.max_failed_attempts=0",
+        ],
+    );
+    let with_email = |stem: &str, email: &str| {
+        let mut p = devcerts::client_params("pcbob");
+        p.subject_alt_names
+            .push(rcgen::SanType::Rfc822Name(email.try_into().unwrap()));
+        ca(dir.path()).issue(dir.path(), stem, p).unwrap()
+    };
+    let (cert, key) = with_email("listed", "pcalice@Example.COM");
+    let r = post_login(&d.client_with(&cert, &key), None).await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["user"], "pcalice");
+
+    let (cert, key) = with_email("foreign", "pcalice@example.org");
+    let r = post_login(&d.client_with(&cert, &key), None).await.unwrap();
+    let v = r.json();
+    assert_eq!(r.status, 403, "{v}");
+    assert_eq!(v["error"], "account_unavailable");
+    assert!(
+        v["message"].as_str().unwrap().contains("example.org"),
+        "{v}"
+    );
+
+    // A subdomain is another domain.
+    let (cert, key) = with_email("sub", "pcalice@mail.example.com");
+    let r = post_login(&d.client_with(&cert, &key), None).await.unwrap();
+    assert_eq!(r.status, 403);
+}

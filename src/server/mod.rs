@@ -81,7 +81,10 @@ fn authenticators(
     let mut out: Vec<Box<dyn Authenticator>> = Vec::new();
     for m in &sec.mechanisms {
         out.push(match m {
-            Mechanism::Certificate => Box::new(CertificateAuthenticator::new(sec.pki_user_field)),
+            Mechanism::Certificate => Box::new(CertificateAuthenticator::new(
+                sec.pki_user_field,
+                sec.pki_email_domains.clone(),
+            )),
             Mechanism::Password => Box::new(PasswordAuthenticator::new(
                 sec.pam_service.clone(),
                 pool.clone(),
