@@ -10,6 +10,7 @@ pub mod kerberos;
 pub mod oidc;
 pub mod password;
 pub mod shadow;
+pub mod spnego;
 
 use std::future::Future;
 use std::net::SocketAddr;
