@@ -396,3 +396,211 @@ async fn with_client_auth_required_bad_certificates_fail_the_handshake() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(d.log().contains("certificate_untrusted"), "{}", d.log());
 }
+
+/// Write a CRL of the dev CA to `path`, revoking the `revoked` serials, valid from
+/// `this_update` until `next_update` (both relative to now).
+fn write_crl(
+    ca: &devcerts::Ca,
+    path: &std::path::Path,
+    number: u64,
+    revoked: &[u64],
+    (this_update, next_update): (time::Duration, time::Duration),
+) {
+    let now = time::OffsetDateTime::now_utc();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now + this_update,
+        next_update: now + next_update,
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(*s),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(ca.issuer())
+    .unwrap();
+    std::fs::write(path, crl.pem().unwrap()).unwrap();
+}
+
+const FRESH: (time::Duration, time::Duration) =
+    (time::Duration::minutes(-5), time::Duration::days(1));
+const EXPIRED: (time::Duration, time::Duration) =
+    (time::Duration::days(-2), time::Duration::days(-1));
+
+/// A certificate of the dev CA for `user` with a chosen serial number.
+fn issue_with_serial(
+    dir: &std::path::Path,
+    user: &str,
+    serial: u64,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut p = devcerts::client_params(user);
+    p.serial_number = Some(rcgen::SerialNumber::from(serial));
+    ca(dir).issue(dir, &format!("{user}-{serial}"), p).unwrap()
+}
+
+fn audit_reasons(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("\"target\":\"audit\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["reason"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_on_a_kept_alive_connection_after_sighup() {
+    let dir = tempdir();
+    let crl = dir.path().join("ca.crl");
+    let (cert, key) = issue_with_serial(dir.path(), "pcalice", 0x7171);
+    write_crl(&ca(dir.path()), &crl, 1, &[], FRESH);
+    let crl_def = format!("ssl.crl_files={}", crl.display());
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            &crl_def,
+            "log.format=json",
+            "security.max_failed_attempts=0",
+        ],
+    );
+    let mut conn = KeepAlive::connect_as(&d, Some((&cert, &key))).await;
+    let (status, v) = conn.post_login().await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["user"], "pcalice");
+
+    write_crl(&ca(dir.path()), &crl, 2, &[0x7171], FRESH);
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for_log(&d, "reloaded TLS certificates and CRLs").await;
+
+    // The same connection, opened before the revocation.
+    let (status, v) = conn.post_login().await.unwrap();
+    assert_eq!(status, 401, "{v}");
+    assert_eq!(v["error"], "authentication_failed");
+    assert!(v["message"].as_str().unwrap().contains("revoked"), "{v}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        audit_reasons(&d.log()).contains(&"certificate_revoked".to_string()),
+        "{}",
+        d.log()
+    );
+
+    // Same under client_auth = required: the handshake verdict is not the login's.
+    drop(d);
+    let dir = tempdir();
+    let crl = dir.path().join("ca.crl");
+    let (cert, key) = issue_with_serial(dir.path(), "pcalice", 0x7272);
+    write_crl(&ca(dir.path()), &crl, 1, &[], FRESH);
+    let crl_def = format!("ssl.crl_files={}", crl.display());
+    let d = Daemon::start(dir.path(), &[&crl_def, "ssl.client_auth=required"]);
+    let mut conn = KeepAlive::connect_as(&d, Some((&cert, &key))).await;
+    assert_eq!(conn.post_login().await.unwrap().0, 200);
+    write_crl(&ca(dir.path()), &crl, 2, &[0x7272], FRESH);
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for_log(&d, "reloaded TLS certificates and CRLs").await;
+    let (status, v) = conn.post_login().await.unwrap();
+    assert_eq!(status, 401, "{v}");
+}
+
+#[tokio::test]
+async fn an_expired_crl_refuses_certificate_logins_unless_allowed() {
+    let dir = tempdir();
+    let crl = dir.path().join("stale.crl");
+    write_crl(&ca(dir.path()), &crl, 1, &[], EXPIRED);
+    let crl_def = format!("ssl.crl_files={}", crl.display());
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            &crl_def,
+            "log.format=json",
+            "security.max_failed_attempts=0",
+        ],
+    );
+    d.dev_certs(&["pcalice"]);
+    for _ in 0..3 {
+        let r = post_login(&d.client(Some("pcalice")), None).await.unwrap();
+        let v = r.json();
+        assert_eq!(r.status, 401, "{v}");
+        assert_eq!(v["error"], "authentication_failed");
+        assert!(v["message"].as_str().unwrap().contains("CRL"), "{v}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = d.log();
+    assert_eq!(
+        audit_reasons(&log)
+            .iter()
+            .filter(|r| *r == "crl_expired")
+            .count(),
+        3,
+        "{log}"
+    );
+    // One error per minute names the CRL file, however many logins it refuses.
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\"") && l.contains("nextUpdate"))
+        .filter(|l| l.contains("stale.crl") && l.contains("crl_expired"))
+        .collect();
+    assert!(!errors.is_empty(), "no error naming the CRL in:\n{log}");
+    assert!(errors.len() <= 2, "{errors:?}");
+
+    // Allowed: the stale CRL is still used for revocation, logins work.
+    drop(d);
+    let d = Daemon::start(dir.path(), &[&crl_def, "ssl.crl_allow_expired=true"]);
+    let r = post_login(&d.client(Some("pcalice")), None).await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // client_auth = required: the handshake fails, audited as crl_expired.
+    drop(d);
+    let d = Daemon::start(
+        dir.path(),
+        &[&crl_def, "ssl.client_auth=required", "log.format=json"],
+    );
+    assert!(post_login(&d.client(Some("pcalice")), None).await.is_err());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        audit_reasons(&d.log()).contains(&"crl_expired".to_string()),
+        "{}",
+        d.log()
+    );
+}
+
+#[tokio::test]
+async fn email_addresses_log_in_only_from_the_listed_domains() {
+    let dir = tempdir();
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            "security.pki_user_field=email",
+            "security.pki_email_domains=example.com",
+            "security.max_failed_attempts=0",
+        ],
+    );
+    let with_email = |stem: &str, email: &str| {
+        let mut p = devcerts::client_params("pcbob");
+        p.subject_alt_names
+            .push(rcgen::SanType::Rfc822Name(email.try_into().unwrap()));
+        ca(dir.path()).issue(dir.path(), stem, p).unwrap()
+    };
+    let (cert, key) = with_email("listed", "pcalice@Example.COM");
+    let r = post_login(&d.client_with(&cert, &key), None).await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["user"], "pcalice");
+
+    let (cert, key) = with_email("foreign", "pcalice@example.org");
+    let r = post_login(&d.client_with(&cert, &key), None).await.unwrap();
+    let v = r.json();
+    assert_eq!(r.status, 403, "{v}");
+    assert_eq!(v["error"], "account_unavailable");
+    assert!(
+        v["message"].as_str().unwrap().contains("example.org"),
+        "{v}"
+    );
+
+    // A subdomain is another domain.
+    let (cert, key) = with_email("sub", "pcalice@mail.example.com");
+    let r = post_login(&d.client_with(&cert, &key), None).await.unwrap();
+    assert_eq!(r.status, 403);
+}

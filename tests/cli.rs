@@ -329,3 +329,52 @@ fn the_shipped_example_configuration_is_valid() {
         serde_json::json!(["password", "certificate"])
     );
 }
+
+/// A leaf in the client CA file would be a trust anchor whose holder can issue
+/// certificates for any user (the Vault CVE-2024-2048 pattern): a configuration error.
+#[test]
+fn a_leaf_in_the_client_ca_file_is_a_configuration_error() {
+    let dir = tempdir();
+    dev_certs(dir.path(), &["pcalice"]);
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    // The real CA and, pinned after it, a user's own certificate.
+    let bundle = dir.path().join("bundle.pem");
+    let mut pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    pem.push_str(&std::fs::read_to_string(dir.path().join("pcalice.pem")).unwrap());
+    std::fs::write(&bundle, pem).unwrap();
+    let defines = [
+        format!("ssl.cert_file={}", p("server.pem")),
+        format!("ssl.key_file={}", p("server.key")),
+        format!("ssl.client_ca_file={}", bundle.display()),
+        format!("system.state_dir={}", dir.path().display()),
+    ];
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check-config");
+    for d in &defines {
+        cmd.arg("-D").arg(d);
+    }
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(err.contains("bundle.pem"), "{err}");
+    assert!(err.contains("CN=pcalice"), "{err}");
+    assert!(err.contains("CA:TRUE"), "{err}");
+
+    // serve refuses it too.
+    let defs: Vec<&str> = defines.iter().map(String::as_str).collect();
+    match Daemon::try_start(dir.path(), &defs) {
+        Ok(_) => panic!("started with a leaf in the client CA file"),
+        Err(e) => assert!(
+            e.contains("exit code Some(2)") && e.contains("bundle.pem") && e.contains("pcalice"),
+            "{e}"
+        ),
+    }
+
+    // The CA alone is fine.
+    let o = Command::new(BIN)
+        .args(["check-config", "-D", &defines[0], "-D", &defines[1]])
+        .args(["-D", &format!("ssl.client_ca_file={}", p("ca.pem"))])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

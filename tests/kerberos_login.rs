@@ -349,3 +349,81 @@ async fn clock_skew_is_named_in_the_refusal() {
         "{err}"
     );
 }
+
+/// Add a random-key principal to the test KDC (not to any keytab); idempotent.
+fn add_principal(name: &str) {
+    let out = Command::new("/usr/sbin/kadmin.local")
+        .args([
+            "-r",
+            "PORTCULLIS.TEST",
+            "-q",
+            &format!("addprinc -randkey \"{name}\""),
+        ])
+        .output()
+        .expect("kadmin.local is installed by scripts/prepare-env");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("created") || text.contains("already exists"),
+        "kadmin.local addprinc {name}: {text}"
+    );
+}
+
+/// The failing part of a ticket is never read from text the client chose: the MIT
+/// message for a ticket the keytab cannot decrypt quotes the service name, and a name
+/// like "replay cache" once made it a server-side 503 with an ERROR in the log.
+#[tokio::test]
+async fn a_ticket_for_a_service_named_like_a_server_error_is_a_401_without_error_log() {
+    let dir = tempdir();
+    let run = tempdir();
+    add_principal("HTTP/replay cache");
+    add_principal("HTTP/Key table file");
+    let d = start(
+        dir.path(),
+        &["log.format=json", "security.max_failed_attempts=0"],
+    );
+    let cache = kinit(dir.path(), "pcalice", "alice-Secret-1");
+    for spn in [
+        "HTTP/replay cache@PORTCULLIS.TEST",
+        "HTTP/Key table file@PORTCULLIS.TEST",
+    ] {
+        for mech in ["spnego", "krb5"] {
+            let o = cli_login(
+                &d,
+                &cache,
+                run.path(),
+                &["--spn", spn, "--kerberos-mech", mech],
+            );
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{spn} {mech}: {err}");
+            assert!(
+                err.contains("401") && err.contains("service principal or key version"),
+                "{spn} {mech}: {err}"
+            );
+        }
+    }
+    // The daemon still works for a real ticket.
+    let o = cli_login(&d, &cache, run.path(), &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = d.log();
+    assert!(
+        !log.lines().any(|l| l.contains("\"level\":\"ERROR\"")),
+        "an ERROR was logged for a client's ticket:\n{log}"
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"target\":\"audit\"") && l.contains("wrong_service_key"))
+            .count(),
+        4,
+        "{log}"
+    );
+}

@@ -1,8 +1,12 @@
-//! The certificate mechanism: rustls has already verified the chain, expiry and CRLs
-//! during the handshake; what is left is reading the user from the subject.
+//! The certificate mechanism: the chain, expiry and CRLs were checked at this login
+//! (`server::tls::TlsSetup::check_chain`); what is left is reading the user from the
+//! subject.
 //!
 //! Exactly one value is required. Two `UID` attributes would let whoever wrote the
-//! certificate request choose which one a sloppy reader picks.
+//! certificate request choose which one a sloppy reader picks. With
+//! `pki_user_field = email` the address's domain must be one of
+//! `security.pki_email_domains`: a CA that also certifies addresses of other domains
+//! must not make `alice@elsewhere.org` the local `alice`.
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -18,11 +22,16 @@ const OID_CN: &str = "2.5.4.3";
 
 pub struct CertificateAuthenticator {
     field: PkiUserField,
+    /// Lower-case domains whose addresses name local users (`email` field only).
+    email_domains: Vec<String>,
 }
 
 impl CertificateAuthenticator {
-    pub fn new(field: PkiUserField) -> Self {
-        CertificateAuthenticator { field }
+    pub fn new(field: PkiUserField, email_domains: Vec<String>) -> Self {
+        CertificateAuthenticator {
+            field,
+            email_domains,
+        }
     }
 
     /// The user named by a DER certificate, per `security.pki_user_field`.
@@ -60,8 +69,7 @@ impl CertificateAuthenticator {
             }
         };
         let user = match self.field {
-            // The local part names the account; the domain is the CA's business.
-            PkiUserField::Email => value.split('@').next().unwrap_or_default().to_string(),
+            PkiUserField::Email => self.email_user(&value)?,
             _ => value,
         };
         if !valid_username(&user) {
@@ -71,6 +79,35 @@ impl CertificateAuthenticator {
             ));
         }
         Ok(user)
+    }
+}
+
+impl CertificateAuthenticator {
+    /// The local part of an address in an allowed domain (compared case-insensitively).
+    ///
+    /// A foreign domain is `403 account_unavailable`, as a foreign Kerberos realm is
+    /// (SPEC §4): the certificate is genuine, but its holder is not one of our users.
+    fn email_user(&self, address: &str) -> Result<String, AuthError> {
+        let Some((local, domain)) = address
+            .split_once('@')
+            .filter(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'))
+        else {
+            return Err(AuthError::rejected(
+                "certificate_bad_user",
+                "the client certificate's email address is not of the form user@domain",
+            ));
+        };
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if !self.email_domains.contains(&domain) {
+            return Err(AuthError::AccountUnavailable {
+                reason: "email_domain_not_allowed",
+                message: format!(
+                    "addresses of the domain {} may not log in here (security.pki_email_domains)",
+                    crate::logsafe::clean(&domain)
+                ),
+            });
+        }
+        Ok(local.to_string())
     }
 }
 
@@ -108,13 +145,17 @@ impl Authenticator for CertificateAuthenticator {
         _ctx: &'a LoginContext,
     ) -> BoxFuture<'a, Result<Outcome, AuthError>> {
         Box::pin(async move {
-            let Credentials::Certificate(der) = credentials else {
+            let leaf = match &credentials {
+                Credentials::Certificate(chain) => chain.first(),
+                _ => None,
+            };
+            let Some(leaf) = leaf else {
                 return Err(AuthError::rejected(
                     "wrong_mechanism",
                     "no client certificate",
                 ));
             };
-            let user = self.user_of(&der)?;
+            let user = self.user_of(leaf)?;
             Ok(Outcome::Authenticated(Identity {
                 user,
                 mechanism: Mechanism::Certificate,
@@ -182,7 +223,7 @@ mod tests {
 
     #[test]
     fn the_single_uid_names_the_user() {
-        let a = CertificateAuthenticator::new(PkiUserField::Uid);
+        let a = CertificateAuthenticator::new(PkiUserField::Uid, vec![]);
         assert_eq!(
             a.user_of(&cert(&["alice"], Some("Alice A"), None)).unwrap(),
             "alice"
@@ -191,7 +232,7 @@ mod tests {
 
     #[test]
     fn missing_or_repeated_uid_is_refused() {
-        let a = CertificateAuthenticator::new(PkiUserField::Uid);
+        let a = CertificateAuthenticator::new(PkiUserField::Uid, vec![]);
         let e = a.user_of(&cert(&[], Some("alice"), None)).unwrap_err();
         assert_eq!(e.reason(), "certificate_no_user");
         let e = a
@@ -205,13 +246,13 @@ mod tests {
     fn cn_and_email_fields() {
         let c = cert(&[], Some("carol"), Some("carol@example.com"));
         assert_eq!(
-            CertificateAuthenticator::new(PkiUserField::Cn)
+            CertificateAuthenticator::new(PkiUserField::Cn, vec![])
                 .user_of(&c)
                 .unwrap(),
             "carol"
         );
         assert_eq!(
-            CertificateAuthenticator::new(PkiUserField::Email)
+            CertificateAuthenticator::new(PkiUserField::Email, vec!["example.com".into()])
                 .user_of(&c)
                 .unwrap(),
             "carol"
@@ -219,8 +260,23 @@ mod tests {
     }
 
     #[test]
+    fn email_domains_must_be_listed() {
+        let a = CertificateAuthenticator::new(PkiUserField::Email, vec!["example.com".into()]);
+        let user = |e: &str| a.user_of(&cert(&[], None, Some(e)));
+        assert_eq!(user("carol@Example.COM").unwrap(), "carol");
+        let e = user("carol@example.org").unwrap_err();
+        assert_eq!(e.reason(), "email_domain_not_allowed");
+        assert!(matches!(e, AuthError::AccountUnavailable { .. }));
+        assert_eq!(
+            user("carol@evil.org@example.com").unwrap_err().reason(),
+            "certificate_bad_user"
+        );
+        assert_eq!(user("carol").unwrap_err().reason(), "certificate_bad_user");
+    }
+
+    #[test]
     fn hostile_names_are_refused() {
-        let a = CertificateAuthenticator::new(PkiUserField::Uid);
+        let a = CertificateAuthenticator::new(PkiUserField::Uid, vec![]);
         let e = a.user_of(&cert(&["../root"], None, None)).unwrap_err();
         assert_eq!(e.reason(), "certificate_bad_user");
         assert!(a.user_of(b"not a certificate").is_err());

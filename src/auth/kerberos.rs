@@ -16,7 +16,7 @@ use libgssapi::context::{SecurityContext, ServerCtx};
 use libgssapi::error::Error as GssError;
 
 use super::{
-    AuthError, Authenticator, BoxFuture, Credentials, Identity, LoginContext, Outcome,
+    AuthError, Authenticator, BoxFuture, Credentials, Identity, LoginContext, Outcome, spnego,
     valid_username,
 };
 use crate::blocking::BlockingPool;
@@ -145,18 +145,22 @@ impl KerberosAuthenticator {
 }
 
 fn accept_token(token: &[u8]) -> Result<Accepted, AuthError> {
+    // SPNEGO is unwrapped here so the krb5 mechanism reports its own error codes
+    // (see `spnego`); the answer is wrapped the same way it came.
+    let (krb5, spnego_mech) = match spnego::parse(token) {
+        spnego::Token::Krb5(t) => (t, None),
+        spnego::Token::Spnego { mech, krb5 } => (krb5, Some(mech)),
+        spnego::Token::NotKerberos => return Err(negotiate_incomplete()),
+        spnego::Token::Malformed => return Err(bad_token()),
+    };
     let mut ctx = ServerCtx::new(None);
-    let output = match ctx.step(token) {
+    let output = match ctx.step(krb5) {
         Ok(out) => out.map(|b| b.to_vec()),
         Err(e) => return Err(classify(&e)),
     };
     if !ctx.open().unwrap_or(false) {
-        // HTTP Negotiate is one round trip; a mechanism that wants more (NTLM through
-        // SPNEGO) is not Kerberos.
-        return Err(AuthError::rejected(
-            "negotiate_incomplete",
-            "the Negotiate token did not complete a Kerberos exchange (is the client using NTLM?)",
-        ));
+        // A krb5 token that wants a second round trip (DCE style): not HTTP Negotiate.
+        return Err(negotiate_incomplete());
     }
     let name = |n: Result<libgssapi::name::Name, GssError>| {
         n.and_then(|n| n.display_name())
@@ -165,6 +169,10 @@ fn accept_token(token: &[u8]) -> Result<Accepted, AuthError> {
     };
     let initiator = name(ctx.source_name())?;
     let target = name(ctx.target_name())?;
+    let output = match spnego_mech {
+        Some(mech) => Some(spnego::accept_completed(mech, output.as_deref())),
+        None => output,
+    };
     Ok(Accepted {
         initiator,
         target,
@@ -172,72 +180,142 @@ fn accept_token(token: &[u8]) -> Result<Accepted, AuthError> {
     })
 }
 
-/// Keep the causes apart (issue 5): the client's problems are 401s that say which,
-/// the server's are 503s, never a silent 401.
-///
-/// MIT's mechglue remaps minor status codes per mechanism (SPNEGO wraps krb5), so the
-/// krb5 error code itself is not visible here; the krb5 error-table messages that
-/// `gss_display_status` returns for it are stable, and are what is matched.
+fn negotiate_incomplete() -> AuthError {
+    // HTTP Negotiate is one round trip; a mechanism that wants more (NTLM through
+    // SPNEGO) is not Kerberos.
+    AuthError::rejected(
+        "negotiate_incomplete",
+        "the Negotiate token did not complete a Kerberos exchange (is the client using NTLM?)",
+    )
+}
+
+fn bad_token() -> AuthError {
+    AuthError::Malformed {
+        reason: "bad_negotiate_token",
+        message: "the Negotiate token is not a valid SPNEGO or Kerberos token".into(),
+    }
+}
+
+/// krb5 error codes (`krb5.h`, the `krb5` com_err table) as the krb5 mechanism
+/// reports them in the GSS minor status.
+mod code {
+    pub const AP_ERR_BAD_INTEGRITY: i32 = -1765328353;
+    pub const AP_ERR_TKT_EXPIRED: i32 = -1765328352;
+    pub const AP_ERR_TKT_NYV: i32 = -1765328351;
+    pub const AP_ERR_REPEAT: i32 = -1765328350;
+    pub const AP_ERR_NOT_US: i32 = -1765328349;
+    pub const AP_ERR_BADMATCH: i32 = -1765328348;
+    pub const AP_ERR_SKEW: i32 = -1765328347;
+    pub const AP_ERR_MODIFIED: i32 = -1765328343;
+    pub const AP_ERR_BADKEYVER: i32 = -1765328340;
+    pub const AP_ERR_NOKEY: i32 = -1765328339;
+    pub const AP_WRONG_PRINC: i32 = -1765328240;
+    pub const RC_REPLAY: i32 = -1765328221;
+    /// `KRB5_RC_TYPE_EXISTS` .. `KRB5_RC_IO_SPACE`, without `KRB5_RC_REPLAY`.
+    pub const RC_FIRST: i32 = -1765328225;
+    pub const RC_LAST: i32 = -1765328212;
+    pub const KT_BADNAME: i32 = -1765328205;
+    pub const KT_UNKNOWN_TYPE: i32 = -1765328204;
+    pub const KT_NOTFOUND: i32 = -1765328203;
+    pub const KT_END: i32 = -1765328202;
+    pub const KT_IOERR: i32 = -1765328200;
+    pub const KT_KVNONOTFOUND: i32 = -1765328154;
+    pub const KT_FORMAT: i32 = -1765328149;
+}
+
+/// Which side a failure is on, from numbers only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    ClockSkew,
+    Replay,
+    TicketExpired,
+    TicketNotYetValid,
+    /// The ticket is for a principal or key version the keytab lacks.
+    WrongServiceKey,
+    /// The keytab or replay cache could not be used: the server's problem.
+    ServerSide,
+    BadToken,
+    Other,
+}
+
+/// Keep the causes apart (issue 5) without reading text the client chose (issue 9):
+/// the cause comes from the GSS routine error and the krb5 error code in the minor
+/// status, never from the message, which quotes the ticket's service name. Only a
+/// failure that cannot come from the ticket (an I/O error on the keytab or replay
+/// cache, no acceptor credentials) is a 503; anything unrecognised is a 401.
+fn cause(routine: u32, minor: u32) -> Cause {
+    use code::*;
+    let minor = minor as i32;
+    match minor {
+        AP_ERR_SKEW => return Cause::ClockSkew,
+        AP_ERR_REPEAT | RC_REPLAY => return Cause::Replay,
+        AP_ERR_TKT_EXPIRED => return Cause::TicketExpired,
+        AP_ERR_TKT_NYV => return Cause::TicketNotYetValid,
+        AP_ERR_NOT_US | AP_ERR_BADMATCH | AP_ERR_BAD_INTEGRITY | AP_ERR_MODIFIED
+        | AP_ERR_BADKEYVER | AP_ERR_NOKEY | AP_WRONG_PRINC | KT_NOTFOUND | KT_END
+        | KT_KVNONOTFOUND => return Cause::WrongServiceKey,
+        RC_FIRST..=RC_LAST | KT_BADNAME | KT_UNKNOWN_TYPE | KT_IOERR | KT_FORMAT => {
+            return Cause::ServerSide;
+        }
+        // File errors on the keytab or the replay cache, whose names the client does
+        // not choose.
+        libc::EPERM
+        | libc::ENOENT
+        | libc::EIO
+        | libc::EACCES
+        | libc::ENFILE
+        | libc::EMFILE
+        | libc::ENOSPC
+        | libc::EROFS => return Cause::ServerSide,
+        _ => {}
+    }
+    match routine {
+        GSS_ROUTINE_DEFECTIVE_TOKEN | GSS_ROUTINE_BAD_MECH | GSS_ROUTINE_DEFECTIVE_CREDENTIAL => {
+            Cause::BadToken
+        }
+        GSS_ROUTINE_NO_CRED => Cause::ServerSide,
+        _ => Cause::Other,
+    }
+}
+
 fn classify(e: &GssError) -> AuthError {
     let routine = (e.major.bits() >> 16) & 0xff;
-    let text = e.to_string();
-    tracing::debug!(routine, minor = e.minor, error = %text, "GSSAPI accept failed");
-    let has = |s: &str| text.contains(s);
+    let cause = cause(routine, e.minor);
+    // The text quotes the ticket's service name, chosen by the client: escaped and
+    // cut, and only ever logged, never matched.
+    let text = crate::logsafe::clean(&e.to_string());
+    tracing::debug!(routine, minor = e.minor as i32, ?cause, error = %text, "GSSAPI accept failed");
     let rejected = |reason, message: &str| AuthError::rejected(reason, message);
-    let unavailable = |reason, message: &str| {
-        tracing::error!(error = %text, "Kerberos acceptor problem on the server side");
-        AuthError::Unavailable {
-            reason,
-            message: message.into(),
-        }
-    };
-    if has("Clock skew too great") {
-        rejected(
+    match cause {
+        Cause::ClockSkew => rejected(
             "clock_skew",
             "Kerberos: the clocks of the client and the server differ too much",
-        )
-    } else if has("Request is a replay") {
-        rejected("replay", "Kerberos: this token was already used (replay)")
-    } else if has("Ticket expired") {
-        rejected(
+        ),
+        Cause::Replay => rejected("replay", "Kerberos: this token was already used (replay)"),
+        Cause::TicketExpired => rejected(
             "ticket_expired",
             "Kerberos: the ticket has expired; run kinit",
-        )
-    } else if has("Ticket not yet valid") {
-        rejected(
+        ),
+        Cause::TicketNotYetValid => rejected(
             "ticket_not_yet_valid",
             "Kerberos: the ticket is not valid yet",
-        )
-    } else if has("Key table file") || has("replay cache") || has("Replay cache") {
-        unavailable(
-            "keytab",
-            "the server's Kerberos keytab or replay cache is unavailable",
-        )
-    } else if has("not found in keytab")
-        || has("Decrypt integrity check failed")
-        || has("Cannot find key")
-        || has("Wrong principal in request")
-        || has("ey version")
-        || has("Key table entry not found")
-        || has("ticket isn't for us")
-    {
-        rejected(
+        ),
+        Cause::WrongServiceKey => rejected(
             "wrong_service_key",
             "Kerberos: the ticket is for a service principal or key version this server does not have",
-        )
-    } else if matches!(
-        routine,
-        GSS_ROUTINE_DEFECTIVE_TOKEN | GSS_ROUTINE_BAD_MECH | GSS_ROUTINE_DEFECTIVE_CREDENTIAL
-    ) {
-        AuthError::Malformed {
-            reason: "bad_negotiate_token",
-            message: "the Negotiate token is not a valid SPNEGO or Kerberos token".into(),
+        ),
+        Cause::ServerSide => {
+            tracing::error!(minor = e.minor as i32, error = %text, "Kerberos acceptor problem on the server side (keytab or replay cache)");
+            AuthError::Unavailable {
+                reason: "keytab",
+                message: "the server's Kerberos keytab or replay cache is unavailable".into(),
+            }
         }
-    } else if routine == GSS_ROUTINE_NO_CRED {
-        unavailable("keytab", "the server's Kerberos keytab is unavailable")
-    } else {
-        tracing::warn!(error = %text, "Kerberos token refused");
-        rejected("kerberos_failed", "Kerberos: the token was refused")
+        Cause::BadToken => bad_token(),
+        Cause::Other => {
+            tracing::warn!(routine, minor = e.minor as i32, error = %text, "Kerberos token refused");
+            rejected("kerberos_failed", "Kerberos: the token was refused")
+        }
     }
 }
 
@@ -335,6 +413,29 @@ mod tests {
             vec!["EXAMPLE.COM".into()],
             allow_instances,
         )
+    }
+
+    #[test]
+    fn causes_come_from_numbers() {
+        let failure = 13; // GSS_S_FAILURE
+        let minor = |c: i32| c as u32;
+        assert_eq!(cause(failure, minor(code::AP_ERR_SKEW)), Cause::ClockSkew);
+        assert_eq!(cause(failure, minor(code::AP_ERR_REPEAT)), Cause::Replay);
+        assert_eq!(
+            cause(failure, minor(code::AP_ERR_NOT_US)),
+            Cause::WrongServiceKey
+        );
+        assert_eq!(
+            cause(failure, minor(code::KT_KVNONOTFOUND)),
+            Cause::WrongServiceKey
+        );
+        assert_eq!(cause(failure, libc::ENOENT as u32), Cause::ServerSide);
+        assert_eq!(cause(failure, minor(-1765328214)), Cause::ServerSide); // KRB5_RC_IO_IO
+        assert_eq!(cause(GSS_ROUTINE_NO_CRED, 0), Cause::ServerSide);
+        assert_eq!(cause(GSS_ROUTINE_DEFECTIVE_TOKEN, 0), Cause::BadToken);
+        // A fake mechglue number or an unknown code is the client's, never a 503.
+        assert_eq!(cause(failure, 100001), Cause::Other);
+        assert_eq!(cause(failure, libc::EINVAL as u32), Cause::Other);
     }
 
     #[test]

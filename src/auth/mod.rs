@@ -10,6 +10,7 @@ pub mod kerberos;
 pub mod oidc;
 pub mod password;
 pub mod shadow;
+pub mod spnego;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -56,8 +57,9 @@ pub enum Credentials {
     },
     Negotiate(Vec<u8>),
     Bearer(Secret),
-    /// The leaf certificate rustls already verified against `ssl.client_ca_file`.
-    Certificate(CertificateDer<'static>),
+    /// The chain the client presented (leaf first), already checked at this login
+    /// against `ssl.client_ca_file` and the CRLs.
+    Certificate(Vec<CertificateDer<'static>>),
     /// Answers to a PAM conversation's prompts (`POST /v1/login/{conversation}`).
     Continue {
         conversation: String,

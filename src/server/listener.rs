@@ -126,7 +126,7 @@ async fn accept_loop(
 
 async fn connection(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
     let Some(tls) = state.tls.as_ref().map(|t| t.load_full()) else {
-        let conn = Arc::new(ConnInfo::new(peer, None, None));
+        let conn = Arc::new(ConnInfo::new(peer, Vec::new()));
         return http(state, stream, conn, watcher).await;
     };
     let limit = Duration::from_secs(state.config.system.handshake_timeout);
@@ -136,7 +136,7 @@ async fn connection(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr, 
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             state.pipeline.metrics.handshake_failed();
-            handshake_failed(peer, &e);
+            handshake_failed(&tls, peer, &e);
             return;
         }
         Err(_) => {
@@ -145,17 +145,19 @@ async fn connection(state: &Arc<AppState>, stream: TcpStream, peer: SocketAddr, 
             return;
         }
     };
-    let chain = stream.get_ref().1.peer_certificates();
-    let leaf = chain.and_then(|c| c.first());
-    let peer_cert = chain
-        .zip(leaf)
-        .map(|(chain, leaf)| tls.check_chain(chain).map(|()| leaf.clone().into_owned()));
-    let conn = Arc::new(ConnInfo::new(peer, leaf.map(|l| l.as_ref()), peer_cert));
+    // Kept, not judged: the chain is checked at each login against the files loaded then.
+    let chain = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let conn = Arc::new(ConnInfo::new(peer, chain));
     http(state, stream, conn, watcher).await
 }
 
 /// A refused client certificate is a failed certificate login: audit it as one.
-fn handshake_failed(peer: SocketAddr, e: &std::io::Error) {
+fn handshake_failed(tls: &tls::TlsSetup, peer: SocketAddr, e: &std::io::Error) {
     let rustls_error = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
@@ -167,7 +169,7 @@ fn handshake_failed(peer: SocketAddr, e: &std::io::Error) {
                 "certificate",
                 None,
                 "rejected",
-                tls::rejection(err).reason,
+                tls.refusal(err).reason,
             );
         }
         _ => tracing::debug!(error = %e, "TLS handshake failed"),

@@ -33,26 +33,24 @@ use crate::throttle::Throttle;
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    /// The leaf the client presented: verified, or why it was refused.
-    pub peer_cert: Option<Result<CertificateDer<'static>, tls::CertRejection>>,
+    /// The certificate chain the client presented (leaf first; empty without one).
+    /// Only possession of the leaf's key is proven here: the chain is checked at each
+    /// login against the CA file and CRLs loaded then ([`tls::TlsSetup::check_chain`]).
+    pub peer_chain: Vec<CertificateDer<'static>>,
     /// The client's "TLS identity": its address and certificate, hashed.
     pub binding: [u8; 32],
 }
 
 impl ConnInfo {
-    pub fn new(
-        peer: SocketAddr,
-        leaf: Option<&[u8]>,
-        peer_cert: Option<Result<CertificateDer<'static>, tls::CertRejection>>,
-    ) -> Self {
+    pub fn new(peer: SocketAddr, peer_chain: Vec<CertificateDer<'static>>) -> Self {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         h.update(peer.ip().to_string().as_bytes());
         h.update([0]);
-        h.update(leaf.unwrap_or_default());
+        h.update(peer_chain.first().map(|c| c.as_ref()).unwrap_or_default());
         ConnInfo {
             peer,
-            peer_cert,
+            peer_chain,
             binding: h.finalize().into(),
         }
     }
@@ -113,7 +111,10 @@ fn authenticators(
     let mut out: Vec<Box<dyn Authenticator>> = Vec::new();
     for m in &sec.mechanisms {
         out.push(match m {
-            Mechanism::Certificate => Box::new(CertificateAuthenticator::new(sec.pki_user_field)),
+            Mechanism::Certificate => Box::new(CertificateAuthenticator::new(
+                sec.pki_user_field,
+                sec.pki_email_domains.clone(),
+            )),
             Mechanism::Password => Box::new(PasswordAuthenticator::new(
                 sec.pam_service.clone(),
                 pools.pam.clone(),

@@ -186,12 +186,14 @@ async fn login(
     let credentials = match extract_credentials(&parts.headers, &body, conn) {
         Ok(c) => c,
         Err(e) => {
-            let mechanism = if e.reason().starts_with("certificate_") {
-                "certificate"
-            } else {
-                "none"
-            };
-            state.pipeline.record_refusal(mechanism, &e, &ctx);
+            state.pipeline.record_refusal("none", &e, &ctx);
+            return Err(ApiError::from_auth(e, challenges.clone()));
+        }
+    };
+    let credentials = match checked_certificate(state, credentials) {
+        Ok(c) => c,
+        Err(e) => {
+            state.pipeline.record_refusal("certificate", &e, &ctx);
             return Err(ApiError::from_auth(e, challenges.clone()));
         }
     };
@@ -342,6 +344,28 @@ fn malformed(reason: &'static str, message: impl Into<String>) -> AuthError {
     }
 }
 
+/// A presented certificate chain is checked against the CA file and CRLs loaded now,
+/// not when the connection was opened: after a SIGHUP that revokes it, the next
+/// login on an old keep-alive or HTTP/2 connection is refused (SPEC §9).
+fn checked_certificate(
+    state: &AppState,
+    credentials: Option<Credentials>,
+) -> Result<Option<Credentials>, AuthError> {
+    let Some(Credentials::Certificate(chain)) = &credentials else {
+        return Ok(credentials);
+    };
+    let Some(tls) = &state.tls else {
+        return Err(AuthError::rejected(
+            "certificate_untrusted",
+            "client certificates need TLS",
+        ));
+    };
+    tls.load()
+        .check_chain(chain)
+        .map_err(|r| AuthError::rejected(r.reason, r.message))?;
+    Ok(credentials)
+}
+
 /// Credentials from the `Authorization` header, the JSON body, or the TLS session,
 /// in that order of precedence.
 fn extract_credentials(
@@ -402,14 +426,10 @@ fn extract_credentials(
             "wrong_place",
             "send the IdP token as \"Authorization: Bearer <token>\"",
         )),
-        (Some(Mechanism::Certificate), _) | (None, None) => match &conn.peer_cert {
-            None => Ok(None),
-            Some(Ok(cert)) => Ok(Some(Credentials::Certificate(cert.clone()))),
-            Some(Err(rejection)) => Err(AuthError::Rejected {
-                reason: rejection.reason,
-                message: rejection.message.clone(),
-            }),
-        },
+        (Some(Mechanism::Certificate), _) | (None, None) if conn.peer_chain.is_empty() => Ok(None),
+        (Some(Mechanism::Certificate), _) | (None, None) => {
+            Ok(Some(Credentials::Certificate(conn.peer_chain.clone())))
+        }
         (None, Some(_)) => Err(malformed(
             "missing_field",
             "the body must name a \"mechanism\" or carry \"username\" and \"password\"",
@@ -570,7 +590,7 @@ mod tests {
     use super::*;
 
     fn conn() -> ConnInfo {
-        ConnInfo::new("127.0.0.1:1".parse().unwrap(), None, None)
+        ConnInfo::new("127.0.0.1:1".parse().unwrap(), Vec::new())
     }
 
     #[test]

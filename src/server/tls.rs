@@ -2,16 +2,21 @@
 //! protocol floor, ALPN. Rebuilt whole on SIGHUP and swapped in only when it loads,
 //! so a broken new file leaves the old configuration serving.
 //!
-//! With `ssl.client_auth = optional` the chain of a presented certificate is checked
-//! right after the handshake instead of inside it (possession of the key is still
-//! proven in the handshake). Like nginx's `ssl_verify_client optional`, this lets
-//! the daemon answer a bad certificate with a JSON 401 that says what is wrong
-//! (expired, revoked, unknown CA) instead of a bare TLS alert that TLS 1.3 clients
-//! often only see as a reset connection. With `required`, nothing unverified gets
-//! past the handshake.
+//! With `ssl.client_auth = optional` the chain of a presented certificate is not
+//! checked inside the handshake (possession of the key still is). Like nginx's
+//! `ssl_verify_client optional`, this lets the daemon answer a bad certificate with a
+//! JSON 401 that says what is wrong (expired, revoked, unknown CA) instead of a bare
+//! TLS alert that TLS 1.3 clients often only see as a reset connection. With
+//! `required`, nothing unverified gets past the handshake.
+//!
+//! In both modes the chain is checked again at every certificate login, against the
+//! setup loaded *now* ([`TlsSetup::check_chain`]): a connection kept alive across a
+//! SIGHUP must not keep the verdict of the CRL it was opened under (SPEC §9).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::WebPkiClientVerifier;
@@ -19,6 +24,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::config::{ClientAuth, Ssl};
 
@@ -26,12 +33,30 @@ use crate::config::{ClientAuth, Ssl};
 #[error("{}", .0.join("; "))]
 pub struct TlsError(pub Vec<String>);
 
-/// A loaded TLS setup: the rustls config plus, in `optional` mode, the verifier the
-/// connection runs on the presented chain after the handshake.
+/// A loaded TLS setup: the rustls config plus the verifier every certificate login
+/// runs on the presented chain.
 pub struct TlsSetup {
     pub config: Arc<ServerConfig>,
-    pub deferred: Option<Arc<dyn ClientCertVerifier>>,
+    /// Chain, expiry and CRLs (with their nextUpdate unless `ssl.crl_allow_expired`);
+    /// `None` without client authentication.
+    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    crls: Vec<CrlInfo>,
+    /// When the last "CRL expired" error was logged (Unix seconds), so a stream of
+    /// refused logins logs it once a minute rather than per request.
+    crl_expired_logged: AtomicU64,
 }
+
+/// A loaded CRL, kept so the log can name the one that expired.
+#[derive(Debug)]
+struct CrlInfo {
+    path: PathBuf,
+    issuer: String,
+    /// nextUpdate in Unix seconds; `None` when the CRL has none.
+    next_update: Option<u64>,
+}
+
+/// How often the "CRL expired" error may be logged.
+const CRL_EXPIRED_LOG_INTERVAL: u64 = 60;
 
 /// Why a presented client certificate was not accepted; `reason` is the audit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,15 +66,94 @@ pub struct CertRejection {
 }
 
 impl TlsSetup {
-    /// Verify the chain a client presented (deferred mode); `Ok` when no check is due.
+    /// Verify the chain a client presented (leaf first) against the CA file and CRLs
+    /// of this setup. Cheap enough per login: the files were parsed at load time.
     pub fn check_chain(&self, chain: &[CertificateDer<'_>]) -> Result<(), CertRejection> {
-        let (Some(v), Some((leaf, rest))) = (&self.deferred, chain.split_first()) else {
-            return Ok(());
+        let Some((leaf, rest)) = chain.split_first() else {
+            return Err(CertRejection {
+                reason: "no_credentials",
+                message: "no client certificate was presented".into(),
+            });
+        };
+        let Some(v) = &self.client_verifier else {
+            return Err(CertRejection {
+                reason: "certificate_untrusted",
+                message:
+                    "the client certificate cannot be checked: this server trusts no client CA"
+                        .into(),
+            });
         };
         v.verify_client_cert(leaf, rest, UnixTime::now())
             .map(|_| ())
-            .map_err(|e| rejection(&e))
+            .map_err(|e| self.refusal(&e))
     }
+
+    /// The rejection for a verifier error; an expired CRL is also an operator problem,
+    /// so it is logged as an error naming the CRL (at most once a minute).
+    pub fn refusal(&self, e: &rustls::Error) -> CertRejection {
+        let r = rejection(e);
+        if r.reason == "crl_expired" {
+            self.log_crl_expired(e);
+        }
+        r
+    }
+
+    fn log_crl_expired(&self, e: &rustls::Error) {
+        let now = unix_now();
+        let last = self.crl_expired_logged.load(Ordering::Relaxed);
+        if last != 0 && now < last + CRL_EXPIRED_LOG_INTERVAL {
+            return;
+        }
+        if self
+            .crl_expired_logged
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let wanted = match e {
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ExpiredRevocationListContext { next_update, .. },
+            ) => Some(next_update.as_secs()),
+            _ => None,
+        };
+        let expired = |c: &&CrlInfo| match wanted {
+            Some(n) => c.next_update == Some(n),
+            None => c.next_update.is_some_and(|n| n <= now),
+        };
+        let named: Vec<String> = self
+            .crls
+            .iter()
+            .filter(expired)
+            .map(CrlInfo::describe)
+            .collect();
+        tracing::error!(
+            crl = %named.join("; "),
+            "a CRL is past its nextUpdate: certificate logins from its CA are refused \
+             (crl_expired) until a fresh CRL is installed and portcullis reloaded (SIGHUP); \
+             ssl.crl_allow_expired = true accepts the stale CRL meanwhile"
+        );
+    }
+}
+
+impl CrlInfo {
+    fn describe(&self) -> String {
+        let when = self.next_update.map_or_else(
+            || "none".to_string(),
+            |n| super::routes::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(n)),
+        );
+        format!(
+            "{} (issuer {}, nextUpdate {when})",
+            self.path.display(),
+            self.issuer
+        )
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 pub fn rejection(e: &rustls::Error) -> CertRejection {
@@ -69,6 +173,12 @@ pub fn rejection(e: &rustls::Error) -> CertRejection {
             "certificate_untrusted",
             "was not issued by a CA this server trusts",
         ),
+        rustls::Error::InvalidCertificate(
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. },
+        ) => (
+            "crl_expired",
+            "cannot be checked for revocation: the server's CRL for its CA has expired",
+        ),
         rustls::Error::InvalidCertificate(C::UnknownRevocationStatus) => (
             "certificate_revocation_unknown",
             "has no revocation status in the configured CRLs",
@@ -84,7 +194,8 @@ pub fn rejection(e: &rustls::Error) -> CertRejection {
     }
 }
 
-/// Proves key possession in the handshake; leaves the chain to [`TlsSetup::check_chain`].
+/// Proves key possession in the handshake; leaves the chain to [`TlsSetup::check_chain`]
+/// at login.
 #[derive(Debug)]
 struct DeferredChain(Arc<dyn ClientCertVerifier>);
 
@@ -176,6 +287,57 @@ fn read_crl(path: &Path, errors: &mut Vec<String>) -> Vec<CertificateRevocationL
     }
 }
 
+/// Issuer and nextUpdate of a CRL, for the log; an unparsable CRL is reported by
+/// the verifier builder, so it is only described vaguely here.
+fn crl_info(path: &Path, crl: &CertificateRevocationListDer<'_>) -> CrlInfo {
+    let parsed = CertificateRevocationList::from_der(crl).ok();
+    CrlInfo {
+        path: path.to_path_buf(),
+        issuer: parsed.as_ref().map_or_else(
+            || "?".into(),
+            |(_, c)| crate::logsafe::clean(&c.issuer().to_string()),
+        ),
+        next_update: parsed
+            .and_then(|(_, c)| c.next_update())
+            .map(|t| t.timestamp().max(0) as u64),
+    }
+}
+
+/// Every certificate of the client CA file must be a CA. A leaf listed there becomes
+/// a trust anchor, and whoever holds its key could issue certificates naming any user
+/// (the Vault CVE-2024-2048 pattern).
+fn check_is_ca(path: &Path, der: &CertificateDer<'_>, errors: &mut Vec<String>) {
+    let problem = match X509Certificate::from_der(der) {
+        Err(e) => format!("a certificate cannot be parsed: {e}"),
+        Ok((_, cert)) => match cert.basic_constraints() {
+            Ok(Some(bc)) if bc.value.ca => return,
+            _ => format!(
+                "certificate \"{}\" is not a CA (no basicConstraints CA:TRUE); list only CA \
+                 certificates here: whoever holds the key of a listed leaf could issue client \
+                 certificates for any user",
+                crate::logsafe::clean(&cert.subject().to_string())
+            ),
+        },
+    };
+    errors.push(format!("client CA file {}: {problem}", path.display()));
+}
+
+/// Warn at load time about a CRL already past its nextUpdate, so a reload says so
+/// before the first refused login does.
+fn warn_expired(crls: &[CrlInfo], allow_expired: bool) {
+    let now = unix_now();
+    for c in crls
+        .iter()
+        .filter(|c| c.next_update.is_some_and(|n| n <= now))
+    {
+        if allow_expired {
+            tracing::warn!(crl = %c.describe(), "CRL is past its nextUpdate; accepted because ssl.crl_allow_expired is true");
+        } else {
+            tracing::error!(crl = %c.describe(), "CRL is past its nextUpdate; certificate logins from its CA will be refused (crl_expired)");
+        }
+    }
+}
+
 pub fn load(ssl: &Ssl) -> Result<TlsSetup, TlsError> {
     let mut errors = Vec::new();
     let (Some(cert_file), Some(key_file)) = (&ssl.cert_file, &ssl.key_file) else {
@@ -192,28 +354,37 @@ pub fn load(ssl: &Ssl) -> Result<TlsSetup, TlsError> {
         }
     };
     let provider = provider();
+    let mut crl_infos = Vec::new();
     let verifier = match (&ssl.client_ca_file, ssl.client_auth) {
         (Some(ca), auth) if auth != ClientAuth::None => {
             let mut roots = rustls::RootCertStore::empty();
             for c in read_certs(ca, "client CA file", &mut errors) {
+                check_is_ca(ca, &c, &mut errors);
                 if let Err(e) = roots.add(c) {
                     errors.push(format!("client CA file {}: {e}", ca.display()));
                 }
             }
-            let crls: Vec<_> = ssl
-                .crl_files
-                .iter()
-                .flat_map(|p| read_crl(p, &mut errors))
-                .collect();
+            let mut crls = Vec::new();
+            for p in &ssl.crl_files {
+                for crl in read_crl(p, &mut errors) {
+                    crl_infos.push(crl_info(p, &crl));
+                    crls.push(crl);
+                }
+            }
             if !errors.is_empty() {
                 return Err(TlsError(errors));
             }
+            warn_expired(&crl_infos, ssl.crl_allow_expired);
             let mut builder =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
             if !crls.is_empty() {
                 // Revocation is checked for the client's own certificate against the CRLs
                 // the administrator supplied; intermediates without a CRL are not refused.
                 builder = builder.with_crls(crls).only_check_end_entity_revocation();
+                if !ssl.crl_allow_expired {
+                    // A CRL past its nextUpdate no longer says what is revoked (SPEC §9).
+                    builder = builder.enforce_revocation_expiration();
+                }
             }
             match builder.build() {
                 Ok(v) => Some(v),
@@ -236,12 +407,11 @@ pub fn load(ssl: &Ssl) -> Result<TlsSetup, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| TlsError(vec![e.to_string()]))?;
-    let deferred = verifier
-        .clone()
-        .filter(|_| ssl.client_auth == ClientAuth::Optional);
-    let builder = match (verifier, &deferred) {
-        (Some(_), Some(d)) => builder.with_client_cert_verifier(Arc::new(DeferredChain(d.clone()))),
-        (Some(v), None) => builder.with_client_cert_verifier(v),
+    let builder = match (&verifier, ssl.client_auth) {
+        (Some(v), ClientAuth::Optional) => {
+            builder.with_client_cert_verifier(Arc::new(DeferredChain(v.clone())))
+        }
+        (Some(v), _) => builder.with_client_cert_verifier(v.clone()),
         (None, _) => builder.with_no_client_auth(),
     };
     let mut config = builder
@@ -256,6 +426,8 @@ pub fn load(ssl: &Ssl) -> Result<TlsSetup, TlsError> {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsSetup {
         config: Arc::new(config),
-        deferred,
+        client_verifier: verifier,
+        crls: crl_infos,
+        crl_expired_logged: AtomicU64::new(0),
     })
 }

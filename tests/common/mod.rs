@@ -260,16 +260,34 @@ pub fn openssl(args: &[&str], stdin: &str) -> (bool, String) {
 
 /// A TLS connection to the daemon that stays open, for keep-alive, reload and drain tests.
 pub async fn tls_stream(d: &Daemon) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_stream_as(d, None).await
+}
+
+/// [`tls_stream`], presenting the client certificate `cert` with key `key` if given.
+pub async fn tls_stream_as(
+    d: &Daemon,
+    identity: Option<(&Path, &Path)>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(rustls_pki_types::CertificateDer::from_pem_file(d.ca()).unwrap())
         .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(portcullis::server::tls::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(portcullis::server::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", d.port))
         .await
         .unwrap();
@@ -285,7 +303,12 @@ pub struct KeepAlive {
 
 impl KeepAlive {
     pub async fn connect(d: &Daemon) -> KeepAlive {
-        let stream = tls_stream(d).await;
+        Self::connect_as(d, None).await
+    }
+
+    /// One HTTP/1.1 connection presenting a client certificate (`cert`, `key`).
+    pub async fn connect_as(d: &Daemon, identity: Option<(&Path, &Path)>) -> KeepAlive {
+        let stream = tls_stream_as(d, identity).await;
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
@@ -295,14 +318,47 @@ impl KeepAlive {
     }
 
     pub async fn get(&mut self, path: &str) -> Result<u16, hyper::Error> {
+        let (status, _) = self.send(hyper::Method::GET, path).await?;
+        Ok(status)
+    }
+
+    /// `POST /v1/login` with no body on this connection: status and JSON answer.
+    pub async fn post_login(&mut self) -> Result<(u16, serde_json::Value), hyper::Error> {
+        let (status, body) = self.send(hyper::Method::POST, "/v1/login").await?;
+        Ok((
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        ))
+    }
+
+    async fn send(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+    ) -> Result<(u16, bytes::Bytes), hyper::Error> {
         self.sender.ready().await?;
-        let req = hyper::Request::get(path)
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header("host", "localhost")
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap();
         let resp = self.sender.send_request(req).await?;
         let status = resp.status().as_u16();
-        http_body_util::BodyExt::collect(resp.into_body()).await?;
-        Ok(status)
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await?
+            .to_bytes();
+        Ok((status, body))
     }
+}
+
+/// Wait until the daemon's log contains `needle` (e.g. after a SIGHUP).
+pub async fn wait_for_log(d: &Daemon, needle: &str) {
+    for _ in 0..200 {
+        if d.log().contains(needle) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("\"{needle}\" never appeared in the log:\n{}", d.log());
 }
