@@ -38,3 +38,15 @@ pub fn sessions_evicted(user: &str, count: usize) {
         count,
     );
 }
+
+/// A request refused before it was looked at (another site's page, not JSON).
+pub fn refused_request(peer: SocketAddr, path: &str, code: &str) {
+    tracing::info!(
+        target: TARGET,
+        event = "request_refused",
+        peer = %peer,
+        path = %crate::logsafe::Untrusted(path),
+        result = "rejected",
+        reason = code,
+    );
+}

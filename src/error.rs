@@ -17,6 +17,11 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Forbidden(String),
+    /// A browser request from a page of another origin (login CSRF, SPEC §9).
+    #[error("requests from {0} are not allowed; this origin is not in security.allowed_origins")]
+    OriginNotAllowed(String),
+    #[error("the request body must be JSON sent as Content-Type: application/json")]
+    UnsupportedMediaType,
     #[error("the password has expired and must be changed before logging in")]
     PasswordExpired,
     #[error("too many failed attempts; retry in {retry_after} s")]
@@ -40,7 +45,10 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::PasswordExpired => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::PasswordExpired | ApiError::OriginNotAllowed(_) => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -59,6 +67,8 @@ impl ApiError {
             }
             ApiError::Unauthorized { .. } => "authentication_failed",
             ApiError::Forbidden(_) => "account_unavailable",
+            ApiError::OriginNotAllowed(_) => "origin_not_allowed",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PasswordExpired => "password_expired",
             ApiError::TooManyAttempts { .. } => "too_many_attempts",
             ApiError::Unavailable(_) => "dependency_unavailable",

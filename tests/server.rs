@@ -126,6 +126,8 @@ async fn malformed_requests_get_400_and_the_daemon_keeps_serving() {
         .args([
             "-X",
             "POST",
+            "-H",
+            "Content-Type: application/json",
             "--data",
             "{not json",
             &format!("{}/v1/login", d.url),
@@ -165,7 +167,7 @@ async fn malformed_requests_get_400_and_the_daemon_keeps_serving() {
     let out = std::process::Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
         .arg(d.ca())
-        .arg("--data-binary")
+        .args(["-H", "Content-Type: application/json", "--data-binary"])
         .arg(format!("@{}", big.display()))
         .arg(format!("{}/v1/login", d.url))
         .output()
@@ -329,7 +331,7 @@ async fn sigterm_drains_the_request_in_flight_and_exits_0() {
     // Half a request: headers and part of the body.
     let body = br#"{"mechanism":"certificate"}"#;
     let head = format!(
-        "POST /v1/login HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     tls.write_all(head.as_bytes()).await.unwrap();

@@ -32,6 +32,10 @@ pub async fn handle(
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    if let Err(e) = browser_checks(&state, &path, &method, &req) {
+        audit::refused_request(conn.peer, &path, e.code());
+        return error_response(&e);
+    }
     let result = match (path.as_str(), &method) {
         ("/healthz", &Method::GET) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         ("/metrics", &Method::GET) => Ok(metrics(&state)),
@@ -53,6 +57,73 @@ pub async fn handle(
         _ => Err(ApiError::NotFound("no such endpoint")),
     };
     result.unwrap_or_else(|e| error_response(&e))
+}
+
+/// Requests a browser could be made to send by another site's page (SPEC §9): a
+/// login, a conversation step or a logout must come from the daemon's own origin or
+/// one of `security.allowed_origins`, and a POST body must be declared JSON (a form
+/// or `text/plain` body is what a cross-site page can send without a preflight).
+fn browser_checks(
+    state: &AppState,
+    path: &str,
+    method: &Method,
+    req: &Request<Incoming>,
+) -> Result<(), ApiError> {
+    let changes_state = (method == Method::POST
+        && (path == "/v1/login" || path.starts_with("/v1/login/")))
+        || (method == Method::DELETE && path == "/v1/session");
+    if !changes_state {
+        return Ok(());
+    }
+    let headers = req.headers();
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    {
+        return Err(ApiError::OriginNotAllowed("a cross-site page".into()));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        if !origin_allowed(state, req, origin) {
+            return Err(ApiError::OriginNotAllowed(crate::logsafe::clean(origin)));
+        }
+    }
+    if method == Method::POST
+        && let Some(ct) = headers.get(header::CONTENT_TYPE)
+        && !is_json(ct)
+    {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    Ok(())
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`).
+fn is_json(ct: &HeaderValue) -> bool {
+    let media = ct.to_str().unwrap_or_default();
+    let media = media.split(';').next().unwrap_or_default().trim();
+    media.eq_ignore_ascii_case("application/json")
+}
+
+/// The daemon's own origin (scheme + the host the client addressed) or a listed one.
+fn origin_allowed(state: &AppState, req: &Request<Incoming>, origin: &str) -> bool {
+    let scheme = if state.tls.is_some() { "https" } else { "http" };
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let own = host.is_some_and(|h| origin.eq_ignore_ascii_case(&format!("{scheme}://{h}")));
+    own || state
+        .config
+        .security
+        .allowed_origins
+        .iter()
+        .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
 pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
@@ -169,6 +240,12 @@ async fn login_request(
         Duration::from_secs(limits.request_timeout),
     )
     .await?;
+    // A body without any Content-Type is not declared JSON either (SPEC §9).
+    if !body.iter().all(u8::is_ascii_whitespace)
+        && !parts.headers.contains_key(header::CONTENT_TYPE)
+    {
+        return Err(ApiError::UnsupportedMediaType);
+    }
     let ctx = LoginContext {
         peer: conn.peer,
         binding: conn.binding,
