@@ -34,6 +34,7 @@ pub async fn handle(
     let method = req.method().clone();
     if let Err(e) = browser_checks(&state, &path, &method, &req) {
         audit::refused_request(conn.peer, &path, e.code());
+        linger(req.into_body());
         return error_response(&e);
     }
     let result = match (path.as_str(), &method) {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod idp;
+pub mod krb;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
