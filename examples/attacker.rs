@@ -61,7 +61,12 @@ enum What {
 
 /// The n-th attacker address: 127.0.<1 + n / 250>.<1 + n % 250>.
 fn source(n: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 1 + (n / 250) as u8, 1 + (n % 250) as u8))
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        1 + (n / 250) as u8,
+        1 + (n % 250) as u8,
+    ))
 }
 
 struct Target {
@@ -108,7 +113,9 @@ fn target(args: &Args) -> Result<Target, String> {
     let host = url.host().ok_or("--url has no host")?;
     let ip: IpAddr = match host {
         "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        h => h.parse().map_err(|_| "--url must name a loopback address")?,
+        h => h
+            .parse()
+            .map_err(|_| "--url must name a loopback address")?,
     };
     if !ip.is_loopback() {
         return Err("--url must name a loopback address".into());
@@ -213,8 +220,7 @@ async fn flood(t: Arc<Target>, concurrency: usize, until: Instant, sent: Arc<Ato
                     continue;
                 };
                 let Ok((mut sender, conn)) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                        .await
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await
                 else {
                     continue;
                 };

