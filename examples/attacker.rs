@@ -198,7 +198,8 @@ async fn park(t: Arc<Target>, n: usize, user: String, until: Instant, parked: Ar
                     let left = until.saturating_duration_since(Instant::now());
                     tokio::time::sleep(left.min(Duration::from_secs(125))).await;
                 } else {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    // Refused (429): try again later rather than burn the CPU we share.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
                 }
             }
         });

@@ -276,7 +276,23 @@ async fn login(
         }
     };
     drop(body);
-    login_answer(state.pipeline.login(credentials, &ctx).await, challenges)
+    login_answer(
+        tarpit(state.pipeline.login(credentials, &ctx).await).await,
+        challenges,
+    )
+}
+
+/// How long a 429 waits before it is sent.
+const TARPIT: Duration = Duration::from_secs(1);
+
+/// A client that keeps asking after a 429 (Retry-After says when to come back) gets
+/// each further 429 after a pause: it costs a timer here, and a flood over kept-alive
+/// connections shrinks from thousands of answers a second to one per open request.
+async fn tarpit<T>(result: Result<T, AuthError>) -> Result<T, AuthError> {
+    if matches!(result, Err(AuthError::TooManyAttempts { .. })) {
+        tokio::time::sleep(TARPIT).await;
+    }
+    result
 }
 
 fn login_answer(
@@ -345,7 +361,7 @@ async fn login_continue(
         answers: answers.answers.into_iter().map(Secret::from).collect(),
     };
     login_answer(
-        state.pipeline.login(Some(credentials), &ctx).await,
+        tarpit(state.pipeline.login(Some(credentials), &ctx).await).await,
         &state.login_challenges,
     )
 }
