@@ -251,6 +251,7 @@ async fn failed_logins_of_any_mechanism_count_against_the_address() {
         assert_eq!(post_login(&bad, None).await.unwrap().status, 401);
     }
     let good_here = d.client(Some("pcalice")).bind_local(ip("127.0.2.1"));
+    let asked = Instant::now();
     let r = post_login(&good_here, None).await.unwrap();
     assert_eq!(
         r.status,
@@ -259,6 +260,10 @@ async fn failed_logins_of_any_mechanism_count_against_the_address() {
         r.json()
     );
     assert!(r.headers.contains_key("retry-after"));
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "a 429 is answered after a pause (tarpit), so a flood costs the daemon little"
+    );
     assert_eq!(
         d.cert_login("pcalice").await["user"],
         "pcalice",
