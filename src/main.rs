@@ -32,6 +32,9 @@ fn serve(args: &cli::ConfigArgs, sources: Vec<config::Source>) -> ExitCode {
     };
     let cfg = loaded.config;
     init_logging(cfg.log.format, &cfg.log.level);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
     let mut dev_created = None;
     if cfg.dev {
         match portcullis::devcerts::ensure_server(&cfg.system.state_dir, &cfg.system.hostname) {

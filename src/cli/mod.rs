@@ -178,6 +178,9 @@ pub fn check_config(args: &ConfigArgs, sources: Vec<Source>) -> ExitCode {
     let (sources, dev) = config::resolve_sources(sources, args.dev);
     match config::load(&sources, dev) {
         Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
             let mut problems = Vec::new();
             // Files the daemon reads at startup are checked too, not just the keys.
             if let Err(e) = crate::labels::LabelMap::load(

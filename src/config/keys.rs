@@ -96,6 +96,8 @@ pub static KEYS: &[KeyDef] = &[
     key("security.failed_attempt_window", Kind::UInt, "60"),
     key("security.pam_conversation_timeout", Kind::UInt, "120"),
     key("security.pam_max_conversations", Kind::UInt, "32"),
+    key("security.pam_password_change", Kind::Bool, "true"),
+    key("security.require_local_account", Kind::Bool, "true"),
     key("security.allowed_origins", Kind::StrList, "[]"),
     key("security.max_sessions_per_user", Kind::UInt, "100"),
     key("security.max_sessions", Kind::UInt, "1000000"),
@@ -107,7 +109,7 @@ pub static KEYS: &[KeyDef] = &[
     key(
         "security.oidc.validation_mode",
         Kind::Enum(OIDC_MODES),
-        r#""auto""#,
+        r#""jwt""#,
     ),
     key(
         "security.oidc.username_claim",

@@ -144,6 +144,10 @@ pub struct Security {
     pub pam_conversation_timeout: u64,
     /// PAM conversations that may wait for an answer at once (2 per address).
     pub pam_max_conversations: usize,
+    /// Relay `pam_chauthtok` when PAM says the password must change (SPEC §5).
+    pub pam_password_change: bool,
+    /// Refuse (403) a PAM-authenticated user NSS does not know; false: no groups.
+    pub require_local_account: bool,
     /// Origins besides the daemon's own that may POST logins (SPEC §9).
     pub allowed_origins: Vec<String>,
     pub max_sessions_per_user: usize,
@@ -212,6 +216,9 @@ impl std::error::Error for ConfigErrors {}
 pub struct Loaded {
     pub config: Config,
     pub effective: BTreeMap<String, Value>,
+    /// Settings that work but probably not as meant; `check-config` prints them and
+    /// `serve` logs them.
+    pub warnings: Vec<String>,
 }
 
 impl Loaded {
@@ -286,7 +293,14 @@ pub fn load(sources: &[Source], dev: bool) -> Result<Loaded, ConfigErrors> {
     derive_defaults(&mut effective, dev);
     let config = build(&effective, dev, &mut errors);
     match config {
-        Some(config) if errors.is_empty() => Ok(Loaded { config, effective }),
+        Some(config) if errors.is_empty() => {
+            let warnings = warnings(&config);
+            Ok(Loaded {
+                config,
+                effective,
+                warnings,
+            })
+        }
         _ => Err(ConfigErrors(errors)),
     }
 }
@@ -521,6 +535,17 @@ pub fn pam_service_installed(service: &str) -> bool {
             || (!pam_d.is_dir() && Path::new("/etc/pam.conf").exists()))
 }
 
+fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if config.security.mechanisms.contains(&Mechanism::Oidc)
+        && !crate::auth::oidc::introspection_configured(&config.security.oidc)
+        && config.security.oidc.validation_mode == "auto"
+    {
+        out.push("security.oidc.validation_mode is auto but introspection is not configured (security.oidc.introspection_client_id / introspection_client_secret): JWTs are validated locally, opaque tokens will be refused (401, \"introspection not configured\" in the log)".into());
+    }
+    out
+}
+
 /// An RFC 6454 serialized origin as browsers send it in `Origin`.
 fn valid_origin(o: &str) -> bool {
     let Some((scheme, rest)) = o.split_once("://") else {
@@ -734,6 +759,8 @@ fn build(eff: &BTreeMap<String, Value>, dev: bool, errors: &mut Vec<String>) -> 
             failed_attempt_window: u("security.failed_attempt_window"),
             pam_conversation_timeout: u("security.pam_conversation_timeout"),
             pam_max_conversations: u("security.pam_max_conversations") as usize,
+            pam_password_change: b("security.pam_password_change"),
+            require_local_account: b("security.require_local_account"),
             allowed_origins: list("security.allowed_origins"),
             max_sessions_per_user: u("security.max_sessions_per_user") as usize,
             max_sessions: u("security.max_sessions") as usize,

@@ -41,6 +41,14 @@ impl Daemon {
         Self::try_start(dir, defines).unwrap_or_else(|e| panic!("daemon did not start: {e}"))
     }
 
+    /// Start `portcullis serve --dev -c FILE` (dev defaults under the file's keys).
+    pub fn start_with_file(dir: &Path, file: &str, defines: &[&str]) -> Daemon {
+        let mut all = vec!["@file", file];
+        all.extend_from_slice(defines);
+        Self::try_start(dir, &all).unwrap_or_else(|e| panic!("daemon did not start: {e}"))
+    }
+
+    /// `defines` are `-D` overrides; a pair `"@file", PATH` passes `-c PATH` instead.
     pub fn try_start(dir: &Path, defines: &[&str]) -> Result<Daemon, String> {
         require_fixtures();
         let stderr_path = dir.join(format!("daemon-{}.log", std::process::id()));
@@ -52,8 +60,17 @@ impl Daemon {
             .arg("system.listen=127.0.0.1:0")
             .arg("-D")
             .arg(format!("system.state_dir={}", dir.display()));
-        for d in defines {
-            cmd.arg("-D").arg(d);
+        let mut args = defines.iter();
+        while let Some(d) = args.next() {
+            match (*d, args.clone().next()) {
+                ("@file", Some(file)) => {
+                    cmd.arg("-c").arg(file);
+                    args.next();
+                }
+                _ => {
+                    cmd.arg("-D").arg(d);
+                }
+            }
         }
         let mut child = cmd
             .stdout(Stdio::piped())

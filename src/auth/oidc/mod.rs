@@ -91,6 +91,12 @@ impl Mode {
     }
 }
 
+/// Whether RFC 7662 client credentials are set; `auto` starts without them and then
+/// refuses opaque tokens (xGT's Keycloak block has none).
+pub fn introspection_configured(o: &Oidc) -> bool {
+    o.introspection_client_id.is_some() && o.introspection_client_secret.is_some()
+}
+
 /// The settings a mode cannot work without, as config key names (for the startup
 /// error that lists everything missing at once).
 pub fn missing_settings(o: &Oidc) -> Vec<&'static str> {
@@ -107,7 +113,8 @@ pub fn missing_settings(o: &Oidc) -> Vec<&'static str> {
         need(o.issuer.is_some(), "security.oidc.issuer");
         need(o.audience.is_some(), "security.oidc.audience");
     }
-    if mode.uses_introspection() {
+    // `auto` needs the introspection settings only to accept opaque tokens.
+    if mode.uses_introspection() && (mode != Mode::Auto || introspection_configured(o)) {
         need(
             o.issuer.is_some() || o.introspection_uri.is_some(),
             "security.oidc.issuer (or security.oidc.introspection_uri)",
@@ -167,6 +174,8 @@ type Verdict = Result<Value, AuthError>;
 struct Inner {
     settings: Oidc,
     mode: Mode,
+    /// `auto` without introspection credentials validates JWTs only.
+    opaque_allowed: bool,
     http: reqwest::Client,
     endpoints: ArcSwapOption<Endpoints>,
     discovery_attempt: tokio::sync::Mutex<Option<(Instant, Option<Unreachable>)>>,
@@ -220,6 +229,7 @@ impl OidcAuthenticator {
         };
         let inner = Inner {
             mode,
+            opaque_allowed: mode != Mode::Auto || introspection_configured(&settings),
             http,
             endpoints: ArcSwapOption::empty(),
             discovery_attempt: tokio::sync::Mutex::new(None),
@@ -255,10 +265,18 @@ impl OidcAuthenticator {
 }
 
 impl Inner {
+    fn uses_introspection(&self) -> bool {
+        self.mode.uses_introspection() && self.opaque_allowed
+    }
+
+    fn uses_userinfo(&self) -> bool {
+        self.mode.uses_userinfo() && self.opaque_allowed
+    }
+
     fn needs_discovery(&self, e: &Endpoints) -> bool {
         (self.mode.uses_jwt() && e.jwks_uri.is_none())
-            || (self.mode.uses_introspection() && e.introspection.is_none())
-            || (self.mode.uses_userinfo() && e.userinfo.is_none())
+            || (self.uses_introspection() && e.introspection.is_none())
+            || (self.uses_userinfo() && e.userinfo.is_none())
     }
 
     /// Discovered endpoints under the configured ones, keeping only those the mode
@@ -267,17 +285,14 @@ impl Inner {
     fn merged(&self, found: Endpoints) -> Result<Endpoints, Unreachable> {
         let s = &self.settings;
         let m = self.mode;
+        let (introspection, userinfo) = (self.uses_introspection(), self.uses_userinfo());
         let pick = |configured: &Option<String>, found: Option<String>, used: bool| {
             used.then(|| configured.clone().or(found)).flatten()
         };
         let e = Endpoints {
             jwks_uri: pick(&s.jwks_uri, found.jwks_uri, m.uses_jwt()),
-            introspection: pick(
-                &s.introspection_uri,
-                found.introspection,
-                m.uses_introspection(),
-            ),
-            userinfo: pick(&s.userinfo_uri, found.userinfo, m.uses_userinfo()),
+            introspection: pick(&s.introspection_uri, found.introspection, introspection),
+            userinfo: pick(&s.userinfo_uri, found.userinfo, userinfo),
         };
         for url in [&e.jwks_uri, &e.introspection, &e.userinfo]
             .into_iter()
@@ -363,6 +378,12 @@ impl Inner {
             Mode::Jwt => self.jwt(token).await,
             // Compact JWS has exactly two dots; anything else is an opaque token.
             Mode::Auto if token.matches('.').count() == 2 => self.jwt(token).await,
+            Mode::Auto if !self.opaque_allowed => {
+                tracing::info!(
+                    "bearer token refused: an opaque token, and introspection not configured (security.oidc.introspection_client_id / introspection_client_secret)"
+                );
+                Err(rejected("introspection_not_configured"))
+            }
             _ => self.opaque(token).await,
         }
     }
