@@ -41,6 +41,31 @@ fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
 }
 
+/// The grouplabel file as RFC 4180 CSV, so SSSD/AD group names with spaces or commas
+/// can be written quoted (`"Domain Users",public`); `#` starts a comment line, blank
+/// lines are skipped, fields are trimmed. Each row with its line number.
+fn grouplabel_rows(name: &str, text: &str) -> Vec<Result<(u64, Vec<String>), String>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .comment(Some(b'#'))
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    reader
+        .records()
+        .map(|r| match r {
+            Ok(rec) => {
+                let line = rec.position().map_or(0, csv::Position::line);
+                Ok((line, rec.iter().map(str::to_string).collect()))
+            }
+            Err(e) => {
+                let line = e.position().map_or(0, csv::Position::line);
+                Err(format!("{name}:{line}: not valid CSV ({e})"))
+            }
+        })
+        .collect()
+}
+
 impl LabelMap {
     /// Read the configured files; a missing or malformed file is an error naming it.
     pub fn load(
@@ -97,15 +122,27 @@ impl LabelMap {
         };
         let mut by_group: HashMap<String, Vec<Arc<str>>> = HashMap::new();
         if let Some((name, text)) = grouplabelfile {
-            for (n, line) in content_lines(text) {
-                let mut fields = line.split(',').map(str::trim);
-                let group = fields.next().unwrap_or_default();
-                if group.is_empty() || group.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            for row in grouplabel_rows(&name, text) {
+                let (n, fields) = match row {
+                    Ok(r) => r,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                };
+                let group = fields.first().map(String::as_str).unwrap_or_default();
+                if fields.iter().any(|f| f.contains('"')) {
+                    errors.push(format!(
+                        "{name}:{n}: a quoted field must begin with its quote (no space before it), as in \"Domain Users\",label"
+                    ));
+                    continue;
+                }
+                if group.is_empty() || group.chars().any(char::is_control) {
                     errors.push(format!("{name}:{n}: \"{group}\" is not a group name"));
                     continue;
                 }
-                let labels: Vec<&str> = fields.collect();
-                if labels.is_empty() || labels.iter().any(|l| l.is_empty()) {
+                let labels = &fields[1..];
+                if labels.is_empty() || labels.iter().any(String::is_empty) {
                     errors.push(format!(
                         "{name}:{n}: expected group,label[,label…] with no empty label"
                     ));
@@ -206,6 +243,39 @@ mod tests {
         assert!(all.contains("gl.csv:3: expected group,label"), "{all}");
         assert!(all.contains("gl.csv:4: \"\" is not a group name"), "{all}");
         assert!(all.contains("default_labels: label \"kiwi\""), "{all}");
+    }
+
+    #[test]
+    fn group_names_may_be_quoted_csv_fields() {
+        let m = LabelMap::parse(
+            None,
+            Some((
+                "gl.csv".into(),
+                "# AD groups\n\"Domain Users\",public\n\"Sales, EMEA\" , apple, banana\nDomain Admins,cherry\n",
+            )),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(names(m.labels_for(&["Domain Users"])), vec!["public"]);
+        assert_eq!(names(m.labels_for(&["Sales, EMEA"])), vec!["apple", "banana"]);
+        assert_eq!(names(m.labels_for(&["Domain Admins"])), vec!["cherry"]);
+        let err = LabelMap::parse(
+            None,
+            Some(("gl.csv".into(), "ok,apple\n\"unterminated,apple\n")),
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.0.join("\n").contains("gl.csv:2"), "{err}");
+        let err = LabelMap::parse(
+            None,
+            Some(("gl.csv".into(), "ok,apple\n \"Domain Users\",apple\n")),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.0.join("\n").contains("gl.csv:2: a quoted field must begin"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -30,6 +30,15 @@ pub enum LoginResult {
     Challenge(Challenge),
 }
 
+/// What the administrator decided about sessions and accounts.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub session_ttl: Duration,
+    /// `security.require_local_account`: false lets a password login PAM accepted
+    /// but NSS does not know (pam_permit, RADIUS) have a session without groups.
+    pub require_local_account: bool,
+}
+
 pub struct Pipeline {
     authenticators: HashMap<Mechanism, Box<dyn Authenticator>>,
     enabled: Vec<Mechanism>,
@@ -37,7 +46,7 @@ pub struct Pipeline {
     pub labels: ArcSwap<LabelMap>,
     pub sessions: Arc<dyn SessionStore>,
     pub metrics: Arc<Metrics>,
-    session_ttl: Duration,
+    policy: Policy,
     /// Failed logins of every mechanism count against the client's address (SPEC §9);
     /// the password mechanism also reserves per user name through the same throttle.
     throttle: Arc<Throttle>,
@@ -50,7 +59,7 @@ impl Pipeline {
         labels: LabelMap,
         sessions: Arc<dyn SessionStore>,
         metrics: Arc<Metrics>,
-        session_ttl: Duration,
+        policy: Policy,
         throttle: Arc<Throttle>,
     ) -> Self {
         let enabled = authenticators.iter().map(|a| a.mechanism()).collect();
@@ -64,7 +73,7 @@ impl Pipeline {
             labels: ArcSwap::from_pointee(labels),
             sessions,
             metrics,
-            session_ttl,
+            policy,
             throttle,
         }
     }
@@ -173,6 +182,13 @@ impl Pipeline {
             Some(gs) => gs.iter().map(|g| Arc::from(g.as_str())).collect(),
             None => match self.directory.lookup(&identity.user).await {
                 Ok(acct) => acct.groups.clone(),
+                Err(DirectoryError::NoSuchUser)
+                    if identity.mechanism == Mechanism::Password
+                        && !self.policy.require_local_account =>
+                {
+                    tracing::info!(user = %identity.user, "no local account; session without groups (security.require_local_account is false)");
+                    Arc::from(Vec::<Arc<str>>::new())
+                }
                 Err(DirectoryError::NoSuchUser) => {
                     return Err(AuthError::AccountUnavailable {
                         reason: "unknown_user",
@@ -199,7 +215,7 @@ impl Pipeline {
             groups,
             labels,
         });
-        let created = match self.sessions.create(info, self.session_ttl) {
+        let created = match self.sessions.create(info, self.policy.session_ttl) {
             Ok(c) => c,
             Err(SessionError::Full) => {
                 tracing::error!("security.max_sessions live sessions exist; refusing new logins");

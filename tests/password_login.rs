@@ -147,13 +147,13 @@ async fn locked_expired_and_must_change_accounts_are_403() {
         "{:?}",
         r.json()
     );
+    // A password that must change starts the change over the conversation
+    // (security.pam_password_change, tests/xgt.rs follows it through).
     let r = login(&c, "pcchange", "change-Secret-8").await;
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (403, json!("password_expired")),
-        "{:?}",
-        r.json()
-    );
+    assert_eq!(r.status, 401, "{:?}", r.json());
+    let last = r.json()["prompts"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(last["style"], "echo_off", "{:?}", r.json());
+    assert!(last["text"].as_str().unwrap().contains("New password"));
 }
 
 #[tokio::test]

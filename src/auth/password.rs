@@ -46,8 +46,18 @@ enum PamEvent {
     Done(PamOutcome),
 }
 
+/// Which PAM step said no: `pam_authenticate` judges the credentials; a refusal by
+/// `pam_acct_mgmt` or `pam_chauthtok` comes after the password was proven right,
+/// whatever code the module returns (pam_listfile and pam_access say AUTH_ERR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Authenticate(ErrorCode),
+    Account(ErrorCode),
+    ChangePassword(ErrorCode),
+}
+
 struct PamOutcome {
-    result: Result<String, ErrorCode>,
+    result: Result<String, Refusal>,
     /// Set when the user is locked but gave the right password (see `shadow.rs`).
     locked: bool,
     /// The delay PAM asked for after a failure (pam_fail_delay), served asynchronously.
@@ -70,8 +80,19 @@ struct Pending {
 
 type Conversations = Arc<Mutex<HashMap<[u8; 32], Pending>>>;
 
+/// What the administrator chose for PAM logins.
+#[derive(Debug, Clone)]
+pub struct PamSettings {
+    /// `/etc/pam.d/<service>`.
+    pub service: String,
+    /// An unanswered prompt fails the login after this long.
+    pub timeout: Duration,
+    /// Relay `pam_chauthtok` when the password must change (`security.pam_password_change`).
+    pub change_password: bool,
+}
+
 pub struct PasswordAuthenticator {
-    service: String,
+    settings: PamSettings,
     /// The PAM pool: apart from NSS and GSSAPI, so waiting prompts delay nobody else.
     pool: BlockingPool,
     throttle: Arc<Throttle>,
@@ -82,18 +103,17 @@ pub struct PasswordAuthenticator {
 
 impl PasswordAuthenticator {
     pub fn new(
-        service: String,
+        settings: PamSettings,
         pool: BlockingPool,
         throttle: Arc<Throttle>,
         parking: Arc<Quota>,
-        timeout: Duration,
     ) -> Self {
         PasswordAuthenticator {
-            service,
+            timeout: settings.timeout,
+            settings,
             pool,
             throttle,
             parking,
-            timeout,
             conversations: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -117,14 +137,13 @@ impl PasswordAuthenticator {
             .reserve(&username, peer)
             .map_err(|retry_after| AuthError::TooManyAttempts { retry_after })?;
         let (events_tx, events) = unbounded_channel();
-        let service = self.service.clone();
+        let settings = self.settings.clone();
         let rhost = peer.to_string();
-        let timeout = self.timeout;
         let user = username.clone();
         let spawned = self
             .pool
             .spawn(move |clock| {
-                pam_transaction(&service, &user, password, &rhost, events_tx, timeout, clock)
+                pam_transaction(&settings, &user, password, &rhost, events_tx, clock)
             })
             .await;
         if let Err(e) = spawned {
@@ -242,10 +261,6 @@ impl PasswordAuthenticator {
         _ctx: &LoginContext,
         attempt: Attempt,
     ) -> Result<Outcome, AuthError> {
-        let rejected = |reason| AuthError::Rejected {
-            reason,
-            message: WRONG.into(),
-        };
         let result = match o.result {
             Ok(pam_user) => {
                 attempt.succeeded();
@@ -262,36 +277,15 @@ impl PasswordAuthenticator {
                     response_token: None,
                 }));
             }
-            Err(_) if o.locked => AuthError::AccountUnavailable {
+            Err(Refusal::Authenticate(_)) if o.locked => AuthError::AccountUnavailable {
                 reason: "account_locked",
                 message: "the account is locked".into(),
             },
-            Err(ErrorCode::AUTH_ERR | ErrorCode::USER_UNKNOWN | ErrorCode::MAXTRIES) => {
-                rejected("wrong_credentials")
-            }
-            Err(ErrorCode::CRED_INSUFFICIENT) => rejected("credentials_insufficient"),
-            Err(ErrorCode::CONV_ERR) => AuthError::Rejected {
-                reason: "conversation_abandoned",
-                message: "the login conversation was not completed in time".into(),
-            },
-            Err(ErrorCode::ACCT_EXPIRED) => AuthError::AccountUnavailable {
-                reason: "account_expired",
-                message: "the account has expired".into(),
-            },
-            Err(ErrorCode::PERM_DENIED) => AuthError::AccountUnavailable {
-                reason: "permission_denied",
-                message: "the account may not log in here".into(),
-            },
-            Err(ErrorCode::NEW_AUTHTOK_REQD | ErrorCode::AUTHTOK_EXPIRED) => {
+            Err(Refusal::Authenticate(code)) => self.authenticate_refusal(code),
+            Err(Refusal::Account(code)) => self.account_refusal(code),
+            Err(Refusal::ChangePassword(code)) => {
+                tracing::info!(?code, "the expired password was not changed");
                 AuthError::PasswordExpired
-            }
-            Err(ErrorCode::AUTHINFO_UNAVAIL) => unavailable(
-                "authinfo_unavailable",
-                "the account database behind PAM is unreachable",
-            ),
-            Err(code) => {
-                tracing::error!(?code, service = %self.service, "PAM failed; check /etc/pam.d/{}", self.service);
-                unavailable("pam_error", "PAM could not process the login")
             }
         };
         // Only a wrong credential costs a guess; a refused account with the right
@@ -310,6 +304,64 @@ impl PasswordAuthenticator {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Pending>> {
         lock(&self.conversations)
+    }
+
+    /// `pam_authenticate` said no: usually the credentials, sometimes the account.
+    fn authenticate_refusal(&self, code: ErrorCode) -> AuthError {
+        let rejected = |reason| AuthError::Rejected {
+            reason,
+            message: WRONG.into(),
+        };
+        match code {
+            ErrorCode::AUTH_ERR | ErrorCode::USER_UNKNOWN | ErrorCode::MAXTRIES => {
+                rejected("wrong_credentials")
+            }
+            ErrorCode::CRED_INSUFFICIENT => rejected("credentials_insufficient"),
+            ErrorCode::CONV_ERR => AuthError::Rejected {
+                reason: "conversation_abandoned",
+                message: "the login conversation was not completed in time".into(),
+            },
+            ErrorCode::ACCT_EXPIRED => AuthError::AccountUnavailable {
+                reason: "account_expired",
+                message: "the account has expired".into(),
+            },
+            ErrorCode::PERM_DENIED => AuthError::AccountUnavailable {
+                reason: "permission_denied",
+                message: "the account may not log in here".into(),
+            },
+            ErrorCode::NEW_AUTHTOK_REQD | ErrorCode::AUTHTOK_EXPIRED => AuthError::PasswordExpired,
+            ErrorCode::AUTHINFO_UNAVAIL => unavailable(
+                "authinfo_unavailable",
+                "the account database behind PAM is unreachable",
+            ),
+            code => {
+                tracing::error!(?code, service = %self.settings.service, "PAM failed; check /etc/pam.d/{}", self.settings.service);
+                unavailable("pam_error", "PAM could not process the login")
+            }
+        }
+    }
+
+    /// `pam_acct_mgmt` said no after the password was proven: never a wrong password,
+    /// never a guess (SPEC §4), except that an unreachable account database is a 503.
+    fn account_refusal(&self, code: ErrorCode) -> AuthError {
+        match code {
+            ErrorCode::NEW_AUTHTOK_REQD | ErrorCode::AUTHTOK_EXPIRED => AuthError::PasswordExpired,
+            ErrorCode::ACCT_EXPIRED => AuthError::AccountUnavailable {
+                reason: "account_expired",
+                message: "the account has expired".into(),
+            },
+            ErrorCode::AUTHINFO_UNAVAIL => unavailable(
+                "authinfo_unavailable",
+                "the account database behind PAM is unreachable",
+            ),
+            code => {
+                tracing::info!(?code, service = %self.settings.service, "pam_acct_mgmt refused the account");
+                AuthError::AccountUnavailable {
+                    reason: "account_refused",
+                    message: "the account may not log in here".into(),
+                }
+            }
+        }
     }
 }
 
@@ -390,6 +442,9 @@ fn id_key(id: &str) -> [u8; 32] {
 struct Handler {
     username: String,
     password: Option<Secret>,
+    /// During a password change: the password just proven, for the module's
+    /// "Current password:" prompt, so the client is not asked for it twice.
+    current: Option<Secret>,
     infos: Vec<Prompt>,
     events: UnboundedSender<PamEvent>,
     timeout: Duration,
@@ -426,10 +481,18 @@ impl ConversationHandler for Handler {
     }
 
     fn prompt_echo_off(&mut self, prompt: &CStr) -> Result<CString, ErrorCode> {
-        match self.password.take() {
-            Some(p) => CString::new(p.expose()).map_err(|_| ErrorCode::CONV_ERR),
-            None => self.ask(PromptStyle::EchoOff, prompt),
+        if let Some(p) = self.password.take() {
+            return CString::new(p.expose()).map_err(|_| ErrorCode::CONV_ERR);
         }
+        // Only a prompt that says it wants the current password gets it; anything
+        // else (a new password, a prompt in another language) goes to the client.
+        let text = prompt.to_string_lossy().to_lowercase();
+        if (text.contains("current") || text.contains("old"))
+            && let Some(p) = self.current.take()
+        {
+            return CString::new(p.expose()).map_err(|_| ErrorCode::CONV_ERR);
+        }
+        self.ask(PromptStyle::EchoOff, prompt)
     }
 
     fn text_info(&mut self, msg: &CStr) {
@@ -459,44 +522,67 @@ unsafe extern "C" fn record_fail_delay(_status: i32, usec: u32, _appdata: *mut s
 /// PAM_FAIL_DELAY from <security/_pam_types.h>; not exported by pam-sys.
 const PAM_FAIL_DELAY: i32 = 10;
 
+/// What sshd does for an expired password: `pam_chauthtok(PAM_CHANGE_EXPIRED_AUTHTOK)`
+/// in the same transaction, its prompts (new password, retype, pam_pwquality's
+/// complaints) relayed to the client by the conversation. PAM_OLDAUTHTOK cannot be set
+/// by an application, so the module's "Current password:" prompt is answered with the
+/// password just proven instead (see [`Handler::prompt_echo_off`]).
+fn change_expired_password(
+    pam: &mut pam_client::Context<Handler>,
+    old_password: &Secret,
+) -> Result<(), Refusal> {
+    pam.conversation_mut().current = Some(old_password.clone());
+    let changed = pam.chauthtok(Flag::CHANGE_EXPIRED_AUTHTOK);
+    pam.conversation_mut().current = None;
+    changed.map_err(|e| Refusal::ChangePassword(e.code()))
+}
+
 /// One whole PAM transaction, on a blocking-pool thread.
 fn pam_transaction(
-    service: &str,
+    settings: &PamSettings,
     user: &str,
     password: Secret,
     rhost: &str,
     events: UnboundedSender<PamEvent>,
-    timeout: Duration,
     clock: Arc<SlotClock>,
 ) {
+    let service = settings.service.as_str();
     FAIL_DELAY.with(|d| d.set(0));
-    let check_lock = password.clone();
+    // Kept for the locked-account check and as the current password of a change.
+    let old_password = password.clone();
     let handler = Handler {
         username: user.to_string(),
         password: Some(password),
+        current: None,
         infos: Vec::new(),
         events: events.clone(),
-        timeout,
+        timeout: settings.timeout,
         clock,
     };
     let result = (|| {
-        let mut pam =
-            pam_client::Context::new(service, Some(user), handler).map_err(|e| e.code())?;
-        pam.set_rhost(Some(rhost)).map_err(|e| e.code())?;
+        let auth = Refusal::Authenticate;
+        let mut pam = pam_client::Context::new(service, Some(user), handler)
+            .map_err(|e| auth(e.code()))?;
+        pam.set_rhost(Some(rhost)).map_err(|e| auth(e.code()))?;
         let delay_fn: unsafe extern "C" fn(i32, u32, *mut std::ffi::c_void) = record_fail_delay;
         // SAFETY: PAM stores the function pointer; it lives for the whole program.
         unsafe { pam.set_item(PAM_FAIL_DELAY, delay_fn as *const std::ffi::c_void) }
-            .map_err(|e| e.code())?;
+            .map_err(|e| auth(e.code()))?;
         pam.authenticate(Flag::DISALLOW_NULL_AUTHTOK)
-            .map_err(|e| e.code())?;
+            .map_err(|e| auth(e.code()))?;
         // Authentication alone says nothing about expiry or access rules.
-        pam.acct_mgmt(Flag::DISALLOW_NULL_AUTHTOK)
-            .map_err(|e| e.code())?;
+        match pam.acct_mgmt(Flag::DISALLOW_NULL_AUTHTOK) {
+            Ok(()) => {}
+            Err(e) if e.code() == ErrorCode::NEW_AUTHTOK_REQD && settings.change_password => {
+                change_expired_password(&mut pam, &old_password)?;
+            }
+            Err(e) => return Err(Refusal::Account(e.code())),
+        }
         Ok(pam.user().unwrap_or_else(|_| user.to_string()))
     })();
-    let locked = matches!(result, Err(ErrorCode::AUTH_ERR))
-        && super::shadow::locked_with_right_password(user, check_lock.expose());
-    drop(check_lock);
+    let locked = matches!(result, Err(Refusal::Authenticate(ErrorCode::AUTH_ERR)))
+        && super::shadow::locked_with_right_password(user, old_password.expose());
+    drop(old_password);
     let fail_delay = Duration::from_micros(FAIL_DELAY.with(|d| d.get()) as u64);
     let _ = events.send(PamEvent::Done(PamOutcome {
         result,

@@ -18,13 +18,13 @@ use crate::auth::Authenticator;
 use crate::auth::certificate::CertificateAuthenticator;
 use crate::auth::kerberos::KerberosAuthenticator;
 use crate::auth::oidc::OidcAuthenticator;
-use crate::auth::password::PasswordAuthenticator;
+use crate::auth::password::{PamSettings, PasswordAuthenticator};
 use crate::blocking::BlockingPool;
 use crate::config::{Config, Mechanism};
 use crate::directory::Directory;
 use crate::labels::LabelMap;
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Policy};
 use crate::quota::Quota;
 use crate::session::{MemoryStore, SessionLimits};
 use crate::throttle::Throttle;
@@ -116,11 +116,14 @@ fn authenticators(
                 sec.pki_email_domains.clone(),
             )),
             Mechanism::Password => Box::new(PasswordAuthenticator::new(
-                sec.pam_service.clone(),
+                PamSettings {
+                    service: sec.pam_service.clone(),
+                    timeout: Duration::from_secs(sec.pam_conversation_timeout.max(1)),
+                    change_password: sec.pam_password_change,
+                },
                 pools.pam.clone(),
                 throttle.clone(),
                 Quota::new(sec.pam_max_conversations, PAM_CONVERSATIONS_PER_ADDRESS),
-                Duration::from_secs(sec.pam_conversation_timeout.max(1)),
             )),
             Mechanism::Kerberos => Box::new(KerberosAuthenticator::new(
                 pools.gssapi.clone(),
@@ -194,7 +197,10 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
         labels,
         Arc::new(sessions),
         metrics,
-        Duration::from_secs(sec.session_ttl),
+        Policy {
+            session_ttl: Duration::from_secs(sec.session_ttl),
+            require_local_account: sec.require_local_account,
+        },
         throttle,
     );
     Ok(AppState {
