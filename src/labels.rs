@@ -257,7 +257,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(names(m.labels_for(&["Domain Users"])), vec!["public"]);
-        assert_eq!(names(m.labels_for(&["Sales, EMEA"])), vec!["apple", "banana"]);
+        assert_eq!(
+            names(m.labels_for(&["Sales, EMEA"])),
+            vec!["apple", "banana"]
+        );
         assert_eq!(names(m.labels_for(&["Domain Admins"])), vec!["cherry"]);
         let err = LabelMap::parse(
             None,
@@ -273,7 +276,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.0.join("\n").contains("gl.csv:2: a quoted field must begin"),
+            err.0
+                .join("\n")
+                .contains("gl.csv:2: a quoted field must begin"),
             "{err}"
         );
     }

@@ -151,7 +151,12 @@ async fn locked_expired_and_must_change_accounts_are_403() {
     // (security.pam_password_change, tests/xgt.rs follows it through).
     let r = login(&c, "pcchange", "change-Secret-8").await;
     assert_eq!(r.status, 401, "{:?}", r.json());
-    let last = r.json()["prompts"].as_array().unwrap().last().cloned().unwrap();
+    let last = r.json()["prompts"]
+        .as_array()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
     assert_eq!(last["style"], "echo_off", "{:?}", r.json());
     assert!(last["text"].as_str().unwrap().contains("New password"));
 }

@@ -134,7 +134,9 @@ async fn password(
     user: &str,
     pass: &str,
 ) -> portcullis::cli::client::Reply {
-    post_login(c, Some(password_body(user, pass))).await.unwrap()
+    post_login(c, Some(password_body(user, pass)))
+        .await
+        .unwrap()
 }
 
 async fn answer(
@@ -244,7 +246,11 @@ async fn an_expired_password_is_changed_over_the_conversation() {
             );
         }
     }
-    assert!(pamtester_accepts("portcullis-test", "pcgina", "gina-Secret-9"));
+    assert!(pamtester_accepts(
+        "portcullis-test",
+        "pcgina",
+        "gina-Secret-9"
+    ));
 
     // Now a good one, twice.
     let new = "Gina-new-Passphrase-2026";
@@ -254,7 +260,10 @@ async fn an_expired_password_is_changed_over_the_conversation() {
     let session = loop {
         steps += 1;
         assert!(steps <= 3, "more prompts than new + retype: {v}");
-        let id = v["conversation"].as_str().unwrap_or_else(|| panic!("{v}")).to_string();
+        let id = v["conversation"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{v}"))
+            .to_string();
         let r = answer(&c, &id, new).await;
         v = r.json();
         if r.status == 200 {
@@ -267,9 +276,44 @@ async fn an_expired_password_is_changed_over_the_conversation() {
     // The new password works with plain PAM, the old one no longer does, and the next
     // login through the daemon needs no change.
     assert!(pamtester_accepts("portcullis-test", "pcgina", new));
-    assert!(!pamtester_accepts("portcullis-test", "pcgina", "gina-Secret-9"));
+    assert!(!pamtester_accepts(
+        "portcullis-test",
+        "pcgina",
+        "gina-Secret-9"
+    ));
     let r = password(&c, "pcgina", new).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
+
+    // The CLI answers the change prompts too (here from stdin: the current password,
+    // then the new one and its repetition, one per line).
+    reset_gina();
+    let run = tempdir();
+    let mut child = Command::new(BIN)
+        .args(["login", "--user", "pcgina", "--password-stdin", "--json"])
+        .env("XDG_RUNTIME_DIR", run.path())
+        .env("PORTCULLIS_CA", d.ca())
+        .env("PORTCULLIS_URL", &d.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "gina-Secret-9\n{new}\n{new}").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["user"], "pcgina");
+    assert!(pamtester_accepts("portcullis-test", "pcgina", new));
     reset_gina();
 }
 

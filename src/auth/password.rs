@@ -561,8 +561,8 @@ fn pam_transaction(
     };
     let result = (|| {
         let auth = Refusal::Authenticate;
-        let mut pam = pam_client::Context::new(service, Some(user), handler)
-            .map_err(|e| auth(e.code()))?;
+        let mut pam =
+            pam_client::Context::new(service, Some(user), handler).map_err(|e| auth(e.code()))?;
         pam.set_rhost(Some(rhost)).map_err(|e| auth(e.code()))?;
         let delay_fn: unsafe extern "C" fn(i32, u32, *mut std::ffi::c_void) = record_fail_delay;
         // SAFETY: PAM stores the function pointer; it lives for the whole program.
