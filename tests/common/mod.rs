@@ -48,8 +48,24 @@ impl Daemon {
         Self::try_start(dir, &all).unwrap_or_else(|e| panic!("daemon did not start: {e}"))
     }
 
+    /// [`Daemon::start`] with extra environment variables for the daemon process
+    /// (e.g. `KRB5_KTNAME`); the rest of the environment is inherited as usual.
+    pub fn start_with_env(dir: &Path, defines: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::try_start_with_env(dir, defines, env)
+            .unwrap_or_else(|e| panic!("daemon did not start: {e}"))
+    }
+
     /// `defines` are `-D` overrides; a pair `"@file", PATH` passes `-c PATH` instead.
     pub fn try_start(dir: &Path, defines: &[&str]) -> Result<Daemon, String> {
+        Self::try_start_with_env(dir, defines, &[])
+    }
+
+    /// [`Daemon::try_start`] with extra environment variables for the daemon.
+    pub fn try_start_with_env(
+        dir: &Path,
+        defines: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, String> {
         require_fixtures();
         let stderr_path = dir.join(format!("daemon-{}.log", std::process::id()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
@@ -72,6 +88,7 @@ impl Daemon {
                 }
             }
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(stderr)
