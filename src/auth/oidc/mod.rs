@@ -593,9 +593,11 @@ impl Inner {
             .into_iter()
             .flatten()
             .collect();
+        // The audience if configured, else our client_id (xGT blocks often set only that).
+        let want = s.audience.as_deref().or(s.client_id.as_deref());
         let ok = match &c["aud"] {
-            Value::String(a) => s.audience.as_deref() == Some(a.as_str()),
-            Value::Array(list) => list.iter().any(|a| a.as_str() == s.audience.as_deref()),
+            Value::String(a) => want == Some(a.as_str()),
+            Value::Array(list) => list.iter().any(|a| a.as_str() == want),
             // No audience in the answer: the token must at least belong to our client.
             _ => c["client_id"]
                 .as_str()
