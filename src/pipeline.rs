@@ -10,10 +10,10 @@ use arc_swap::ArcSwap;
 use tracing::Instrument;
 
 use crate::audit;
+use crate::auth::Mechanism;
 use crate::auth::{
     AuthError, Authenticator, Challenge, Credentials, Identity, LoginContext, Outcome,
 };
-use crate::config::Mechanism;
 use crate::directory::{Directory, DirectoryError};
 use crate::labels::LabelMap;
 use crate::metrics::Metrics;

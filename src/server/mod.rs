@@ -15,12 +15,13 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::auth::Authenticator;
+use crate::auth::Mechanism;
 use crate::auth::certificate::CertificateAuthenticator;
 use crate::auth::kerberos::KerberosAuthenticator;
 use crate::auth::oidc::OidcAuthenticator;
 use crate::auth::password::PasswordAuthenticator;
 use crate::blocking::BlockingPool;
-use crate::config::{Config, Mechanism};
+use crate::config::Config;
 use crate::directory::Directory;
 use crate::labels::LabelMap;
 use crate::metrics::Metrics;

@@ -17,8 +17,8 @@ use zeroize::Zeroizing;
 
 use super::{AppState, ConnInfo};
 use crate::audit;
+use crate::auth::Mechanism;
 use crate::auth::{AuthError, Credentials, LoginContext, Secret};
-use crate::config::Mechanism;
 use crate::error::ApiError;
 use crate::pipeline::LoginResult;
 use crate::session::{Session, token};

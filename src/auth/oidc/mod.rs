@@ -31,10 +31,9 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use super::{
-    AuthError, Authenticator, BoxFuture, Credentials, Identity, LoginContext, Outcome, Secret,
-    valid_username,
+    AuthError, Authenticator, BoxFuture, Credentials, Identity, LoginContext, Mechanism, Outcome,
+    Secret, valid_username,
 };
-use crate::config::{Mechanism, Oidc};
 use crate::logsafe::Untrusted;
 use cache::{Flights, TokenCache, TokenKey, token_key};
 use provider::{Endpoints, Keys, RETRY_FLOOR, Unreachable};
@@ -56,8 +55,12 @@ pub const IDP_CALLS: usize = 16;
 /// How long a login waits for one of the [`IDP_CALLS`] before it is told 503.
 const IDP_CALL_WAIT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `security.oidc.validation_mode` (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// The default, as in xGT.
+    #[default]
     Jwt,
     Introspection,
     IntrospectionUserinfo,
@@ -66,15 +69,14 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub fn parse(s: &str) -> Option<Mode> {
-        Some(match s {
-            "jwt" => Mode::Jwt,
-            "introspection" => Mode::Introspection,
-            "introspection_userinfo" => Mode::IntrospectionUserinfo,
-            "openshift_userapi" => Mode::OpenshiftUserapi,
-            "auto" => Mode::Auto,
-            _ => return None,
-        })
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Jwt => "jwt",
+            Mode::Introspection => "introspection",
+            Mode::IntrospectionUserinfo => "introspection_userinfo",
+            Mode::OpenshiftUserapi => "openshift_userapi",
+            Mode::Auto => "auto",
+        }
     }
 
     fn uses_jwt(self) -> bool {
@@ -91,18 +93,52 @@ impl Mode {
     }
 }
 
+/// The `security.oidc` section of the configuration, exactly xGT's settings.
+///
+/// It lives with the mechanism that reads it; `config` deserializes it as one of its
+/// sections (so the field names are the key names, and an unknown one is refused).
+#[derive(Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub introspection_cache_ttl: u64,
+    /// Least time between two JWKS fetches caused by an unknown `kid`.
+    pub jwks_refetch_interval: u64,
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub audience: Option<String>,
+    pub validation_mode: Mode,
+    pub username_claim: String,
+    pub groups_claim: String,
+    pub scopes: String,
+    pub jwks_uri: Option<String>,
+    pub introspection_uri: Option<String>,
+    pub introspection_client_id: Option<String>,
+    pub introspection_client_secret: Option<zeroize::Zeroizing<String>>,
+    pub userinfo_uri: Option<String>,
+    pub openshift_user_api_uri: Option<String>,
+    pub ca_cert: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("issuer", &self.issuer)
+            .field("validation_mode", &self.validation_mode)
+            .field("introspection_client_secret", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
 /// Whether RFC 7662 client credentials are set; `auto` starts without them and then
 /// refuses opaque tokens (xGT's Keycloak block has none).
-pub fn introspection_configured(o: &Oidc) -> bool {
+pub fn introspection_configured(o: &Settings) -> bool {
     o.introspection_client_id.is_some() && o.introspection_client_secret.is_some()
 }
 
 /// The settings a mode cannot work without, as config key names (for the startup
 /// error that lists everything missing at once).
-pub fn missing_settings(o: &Oidc) -> Vec<&'static str> {
-    let Some(mode) = Mode::parse(&o.validation_mode) else {
-        return vec![];
-    };
+pub fn missing_settings(o: &Settings) -> Vec<&'static str> {
+    let mode = o.validation_mode;
     let mut missing = Vec::new();
     let mut need = |ok: bool, key: &'static str| {
         if !ok && !missing.contains(&key) {
@@ -149,7 +185,7 @@ pub fn missing_settings(o: &Oidc) -> Vec<&'static str> {
 
 /// Configured IdP endpoints that are neither `https://` nor loopback `http://`, as
 /// configuration errors naming the key (SPEC §9).
-pub fn insecure_endpoints(o: &Oidc) -> Vec<String> {
+pub fn insecure_endpoints(o: &Settings) -> Vec<String> {
     [
         ("security.oidc.issuer", &o.issuer),
         ("security.oidc.jwks_uri", &o.jwks_uri),
@@ -172,7 +208,7 @@ pub fn insecure_endpoints(o: &Oidc) -> Vec<String> {
 type Verdict = Result<Value, AuthError>;
 
 struct Inner {
-    settings: Oidc,
+    settings: Settings,
     mode: Mode,
     /// `auto` without introspection credentials validates JWTs only.
     opaque_allowed: bool,
@@ -214,13 +250,8 @@ fn unavailable(e: Unreachable) -> AuthError {
 }
 
 impl OidcAuthenticator {
-    pub fn new(settings: Oidc) -> Result<Self, String> {
-        let mode = Mode::parse(&settings.validation_mode).ok_or_else(|| {
-            format!(
-                "unknown security.oidc.validation_mode {}",
-                settings.validation_mode
-            )
-        })?;
+    pub fn new(settings: Settings) -> Result<Self, String> {
+        let mode = settings.validation_mode;
         let http = provider::http_client(settings.ca_cert.as_deref())?;
         let explicit = Endpoints {
             jwks_uri: settings.jwks_uri.clone(),
@@ -734,14 +765,14 @@ mod tests {
 
     #[test]
     fn configured_plain_http_endpoints_are_named() {
-        let o = Oidc {
-            validation_mode: "auto".into(),
+        let o = Settings {
+            validation_mode: Mode::Auto,
             issuer: Some("https://idp.example.com".into()),
             jwks_uri: Some("http://127.0.0.1:9000/jwks".into()),
             introspection_uri: Some("http://idp.example.com/introspect".into()),
             userinfo_uri: Some("http://[::1]/me".into()),
             openshift_user_api_uri: Some("http://api.example.com/users/~".into()),
-            ..Oidc::default()
+            ..Settings::default()
         };
         let e = insecure_endpoints(&o);
         assert_eq!(e.len(), 2, "{e:?}");
@@ -757,12 +788,12 @@ mod tests {
 
     #[test]
     fn discovered_plain_http_endpoints_make_the_idp_unusable() {
-        let a = OidcAuthenticator::new(Oidc {
-            validation_mode: "jwt".into(),
+        let a = OidcAuthenticator::new(Settings {
+            validation_mode: Mode::Jwt,
             issuer: Some("https://idp.example.com".into()),
             audience: Some("pc".into()),
             jwks_refetch_interval: 60,
-            ..Oidc::default()
+            ..Settings::default()
         })
         .unwrap();
         let found = |jwks: &str| Endpoints {
@@ -785,21 +816,21 @@ mod tests {
 
     #[test]
     fn each_mode_lists_what_it_misses() {
-        let mut o = Oidc {
-            validation_mode: "jwt".into(),
-            ..Oidc::default()
+        let mut o = Settings {
+            validation_mode: Mode::Jwt,
+            ..Settings::default()
         };
         assert_eq!(
             missing_settings(&o),
             ["security.oidc.issuer", "security.oidc.audience"]
         );
-        o.validation_mode = "introspection".into();
+        o.validation_mode = Mode::Introspection;
         let m = missing_settings(&o);
         assert!(
             m.contains(&"security.oidc.introspection_client_secret"),
             "{m:?}"
         );
-        o.validation_mode = "openshift_userapi".into();
+        o.validation_mode = Mode::OpenshiftUserapi;
         assert_eq!(
             missing_settings(&o),
             ["security.oidc.openshift_user_api_uri"]
