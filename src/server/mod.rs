@@ -1,6 +1,8 @@
 //! The daemon: wires the configuration into the pipeline, binds the listeners,
 //! handles SIGHUP (reload) and SIGTERM (drain), and tells systemd when it is ready.
 
+pub mod body;
+pub mod credentials;
 pub mod listener;
 pub mod routes;
 pub mod tls;
