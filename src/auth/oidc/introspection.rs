@@ -137,9 +137,13 @@ impl Inner {
             .into_iter()
             .flatten()
             .collect();
+        // The audience we are, as xGT: `audience`, else our `client_id` (Keycloak puts
+        // the client in `aud` when no audience mapper is set).
+        let ours = s.audience.as_deref().or(s.client_id.as_deref());
+        let is_ours = |a: &Value| ours.is_some_and(|want| a.as_str() == Some(want));
         let ok = match &c["aud"] {
-            Value::String(a) => s.audience.as_deref() == Some(a.as_str()),
-            Value::Array(list) => list.iter().any(|a| a.as_str() == s.audience.as_deref()),
+            a @ Value::String(_) => is_ours(a),
+            Value::Array(list) => list.iter().any(is_ours),
             // No audience in the answer: the token must at least belong to our client.
             _ => c["client_id"]
                 .as_str()
@@ -154,5 +158,73 @@ impl Inner {
             return Err(rejected("wrong_audience"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::{OidcAuthenticator, Settings};
+    use super::*;
+
+    fn checker(audience: Option<&str>) -> OidcAuthenticator {
+        OidcAuthenticator::new(Settings {
+            validation_mode: Mode::Introspection,
+            issuer: Some("https://idp.example.com".into()),
+            client_id: Some("pc-client".into()),
+            audience: audience.map(str::to_string),
+            introspection_uri: Some("https://idp.example.com/introspect".into()),
+            jwks_refetch_interval: 60,
+            ..Settings::default()
+        })
+        .unwrap()
+    }
+
+    fn verdict(a: &OidcAuthenticator, answer: Value) -> Result<(), &'static str> {
+        a.inner.check_introspected(&answer).map_err(|e| e.reason())
+    }
+
+    #[test]
+    fn introspected_aud_may_be_the_client_id_when_no_audience_is_set() {
+        let a = checker(None);
+        assert_eq!(
+            verdict(&a, json!({"active": true, "aud": "pc-client"})),
+            Ok(())
+        );
+        assert_eq!(
+            verdict(&a, json!({"active": true, "aud": ["account", "pc-client"]})),
+            Ok(())
+        );
+        assert_eq!(
+            verdict(&a, json!({"active": true, "aud": "account"})),
+            Err("wrong_audience")
+        );
+        // A non-string entry never matches an unset setting.
+        assert_eq!(
+            verdict(&a, json!({"active": true, "aud": [7]})),
+            Err("wrong_audience")
+        );
+        assert_eq!(
+            verdict(&a, json!({"active": true, "client_id": "pc-client"})),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_configured_audience_is_the_one_wanted() {
+        let a = checker(Some("api"));
+        assert_eq!(verdict(&a, json!({"active": true, "aud": "api"})), Ok(()));
+        assert_eq!(
+            verdict(&a, json!({"active": true, "aud": "pc-client"})),
+            Err("wrong_audience")
+        );
+        assert_eq!(
+            verdict(
+                &a,
+                json!({"active": true, "aud": "api", "iss": "https://other.example.com"})
+            ),
+            Err("wrong_issuer")
+        );
     }
 }
