@@ -9,15 +9,9 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => cli::check_config::run(args, sources),
         Command::DevCerts(args) => cli::dev_certs::run(args),
         Command::Login(_) | Command::Whoami(_) | Command::Logout(_) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match cli::runtime(tokio::runtime::Builder::new_current_thread()) {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("portcullis: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             runtime.block_on(async {
                 match &cli.command {

@@ -6,17 +6,14 @@ use std::process::ExitCode;
 
 use super::{ConfigArgs, EXIT_USAGE};
 use crate::auth::Mechanism;
-use crate::config::{self, Source};
+use crate::config::Source;
 
 pub fn run(args: &ConfigArgs, sources: Vec<Source>) -> ExitCode {
-    let (sources, dev) = config::resolve_sources(sources, args.dev);
-    let loaded = match config::load(&sources, dev) {
+    let loaded = match super::load_config(args, sources) {
         Ok(l) => l,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
+    let dev = loaded.config.dev;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }

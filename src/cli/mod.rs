@@ -22,7 +22,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use hyper::Method;
 use serde_json::Value;
 
-use crate::config::Source;
+use crate::config::{self, Loaded, Source};
 use client::{Client, ClientError, Reply};
 
 pub const EXIT_REFUSED: u8 = 1;
@@ -178,6 +178,24 @@ pub fn parse() -> (Cli, Vec<Source>) {
         _ => Vec::new(),
     };
     (cli, sources)
+}
+
+/// The configuration `-c`, `-D` and `--dev` name; on any problem, every problem is
+/// printed and the exit code is 2.
+fn load_config(args: &ConfigArgs, sources: Vec<Source>) -> Result<Loaded, ExitCode> {
+    let (sources, dev) = config::resolve_sources(sources, args.dev);
+    config::load(&sources, dev).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+/// A tokio runtime from `builder`, or exit 1 saying why not.
+pub fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("portcullis: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn server_url(args: &ClientArgs, stored: Option<&Value>) -> String {

@@ -26,13 +26,9 @@ fn init_logging(format: LogFormat, level: &str) {
 }
 
 pub fn run(args: &ConfigArgs, sources: Vec<config::Source>) -> ExitCode {
-    let (sources, dev) = config::resolve_sources(sources, args.dev);
-    let loaded = match config::load(&sources, dev) {
+    let loaded = match super::load_config(args, sources) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
     let cfg = loaded.config;
     init_logging(cfg.log.format, &cfg.log.level);
@@ -61,15 +57,9 @@ pub fn run(args: &ConfigArgs, sources: Vec<config::Source>) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("portcullis: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let banner_cfg = cfg.clone();
     let on_ready = move |bound: &[std::net::SocketAddr]| {
