@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use portcullis::config::Mechanism;
+use portcullis::auth::Mechanism;
 use portcullis::labels::LabelMap;
 use portcullis::session::{MemoryStore, SessionInfo, SessionStore, TokenHash, token};
 

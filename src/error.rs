@@ -15,19 +15,18 @@ pub enum ApiError {
         message: String,
         www_authenticate: Vec<String>,
     },
-    #[error("{0}")]
-    Forbidden(String),
     /// A browser request from a page of another origin (login CSRF, SPEC §9).
     #[error("requests from {0} are not allowed; this origin is not in security.allowed_origins")]
     OriginNotAllowed(String),
     #[error("the request body must be JSON sent as Content-Type: application/json")]
     UnsupportedMediaType,
-    #[error("the password has expired and must be changed before logging in")]
-    PasswordExpired,
-    #[error("too many failed attempts; retry in {retry_after} s")]
-    TooManyAttempts { retry_after: u64 },
-    #[error("{0}")]
-    Unavailable(String),
+    /// A refused login; status and code come from [`refusal`].
+    #[error("{error}")]
+    Auth {
+        error: AuthError,
+        /// Sent with a 401: the schemes the client may use next.
+        www_authenticate: Vec<String>,
+    },
     #[error("{0}")]
     NotFound(&'static str),
     #[error("method not allowed; use {allow}")]
@@ -45,12 +44,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::PasswordExpired | ApiError::OriginNotAllowed(_) => {
-                StatusCode::FORBIDDEN
-            }
+            ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Auth { error, .. } => refusal(error).status,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -66,35 +62,73 @@ impl ApiError {
                 "bad_request"
             }
             ApiError::Unauthorized { .. } => "authentication_failed",
-            ApiError::Forbidden(_) => "account_unavailable",
             ApiError::OriginNotAllowed(_) => "origin_not_allowed",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::PasswordExpired => "password_expired",
-            ApiError::TooManyAttempts { .. } => "too_many_attempts",
-            ApiError::Unavailable(_) => "dependency_unavailable",
+            ApiError::Auth { error, .. } => refusal(error).code,
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Internal => "internal_error",
         }
     }
 
-    pub fn from_auth(e: AuthError, www_authenticate: Vec<String>) -> Self {
-        match e {
-            AuthError::Malformed { message, .. } => ApiError::BadRequest(message),
-            AuthError::Rejected { message, .. } => ApiError::Unauthorized {
-                message,
-                www_authenticate,
-            },
-            AuthError::AccountUnavailable { message, .. } => ApiError::Forbidden(message),
-            AuthError::TooManyAttempts { retry_after } => ApiError::TooManyAttempts { retry_after },
-            AuthError::Unavailable { message, .. } => ApiError::Unavailable(message),
-            AuthError::PasswordExpired => ApiError::PasswordExpired,
-            AuthError::UnknownConversation => ApiError::NotFound("unknown or expired conversation"),
+    pub fn from_auth(error: AuthError, www_authenticate: Vec<String>) -> Self {
+        ApiError::Auth {
+            error,
+            www_authenticate,
         }
     }
 
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({ "error": self.code(), "message": self.to_string() })
+    }
+}
+
+/// How a refused login is answered and audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    /// The `error` field of the body (SPEC §4).
+    pub code: &'static str,
+    /// The `outcome` of the audit event and the login metric.
+    pub outcome: &'static str,
+}
+
+/// Every [`AuthError`] with its status, code and audit outcome, in one match: the
+/// error body and the audit log cannot disagree about what happened.
+pub fn refusal(e: &AuthError) -> Refusal {
+    let (status, code, outcome) = match e {
+        AuthError::Malformed { .. } => (StatusCode::BAD_REQUEST, "bad_request", "bad_request"),
+        AuthError::Rejected { .. } => (
+            StatusCode::UNAUTHORIZED,
+            "authentication_failed",
+            "rejected",
+        ),
+        AuthError::AccountUnavailable { .. } => (
+            StatusCode::FORBIDDEN,
+            "account_unavailable",
+            "account_unavailable",
+        ),
+        AuthError::PasswordExpired => (
+            StatusCode::FORBIDDEN,
+            "password_expired",
+            "account_unavailable",
+        ),
+        AuthError::TooManyAttempts { .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "throttled",
+        ),
+        AuthError::Unavailable { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "dependency_unavailable",
+            "unavailable",
+        ),
+        AuthError::UnknownConversation => (StatusCode::NOT_FOUND, "not_found", "rejected"),
+    };
+    Refusal {
+        status,
+        code,
+        outcome,
     }
 }
 
@@ -112,8 +146,14 @@ mod tests {
                 },
                 400,
                 "bad_request",
+                "bad_request",
             ),
-            (AuthError::rejected("x", "m"), 401, "authentication_failed"),
+            (
+                AuthError::rejected("x", "m"),
+                401,
+                "authentication_failed",
+                "rejected",
+            ),
             (
                 AuthError::AccountUnavailable {
                     reason: "x",
@@ -121,11 +161,20 @@ mod tests {
                 },
                 403,
                 "account_unavailable",
+                "account_unavailable",
             ),
+            (
+                AuthError::PasswordExpired,
+                403,
+                "password_expired",
+                "account_unavailable",
+            ),
+            (AuthError::UnknownConversation, 404, "not_found", "rejected"),
             (
                 AuthError::TooManyAttempts { retry_after: 3 },
                 429,
                 "too_many_attempts",
+                "throttled",
             ),
             (
                 AuthError::Unavailable {
@@ -134,10 +183,14 @@ mod tests {
                 },
                 503,
                 "dependency_unavailable",
+                "unavailable",
             ),
         ];
-        for (e, status, code) in cases {
+        for (e, status, code, outcome) in cases {
+            assert_eq!(refusal(&e).outcome, outcome);
+            let message = e.to_string();
             let api = ApiError::from_auth(e, vec![]);
+            assert_eq!(api.to_string(), message);
             assert_eq!(api.status().as_u16(), status);
             assert_eq!(api.code(), code);
             assert_eq!(api.body()["error"], code);

@@ -1,169 +1,23 @@
 use std::process::ExitCode;
 
 use portcullis::cli::{self, Command};
-use portcullis::config::{self, LogFormat, Mechanism};
-use portcullis::server::{self, StartError};
-
-fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-fn serve(args: &cli::ConfigArgs, sources: Vec<config::Source>) -> ExitCode {
-    let (sources, dev) = config::resolve_sources(sources, args.dev);
-    let loaded = match config::load(&sources, dev) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(cli::EXIT_USAGE);
-        }
-    };
-    let cfg = loaded.config;
-    init_logging(cfg.log.format, &cfg.log.level);
-    for w in &loaded.warnings {
-        tracing::warn!("{w}");
-    }
-    let mut dev_created = None;
-    if cfg.dev {
-        match portcullis::devcerts::ensure_server(&cfg.system.state_dir, &cfg.system.hostname) {
-            Ok((_, created)) => dev_created = Some(created),
-            Err(e) => {
-                eprintln!("portcullis: cannot prepare dev certificates: {e}");
-                return ExitCode::from(cli::EXIT_USAGE);
-            }
-        }
-    }
-    if cfg.security.mechanisms.contains(&Mechanism::Kerberos) {
-        // SAFETY: no other thread exists yet; the runtime is built below.
-        if let Err(e) = unsafe {
-            portcullis::auth::kerberos::prepare_process_env(
-                &cfg.security.krb_keytab,
-                Some(&cfg.system.state_dir),
-            )
-        } {
-            eprintln!("portcullis: {e}");
-            return ExitCode::from(cli::EXIT_USAGE);
-        }
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("portcullis: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let banner_cfg = cfg.clone();
-    let on_ready = move |bound: &[std::net::SocketAddr]| {
-        if let Some(created) = dev_created {
-            print_dev_banner(&banner_cfg, created, bound[0]);
-        }
-    };
-    match runtime.block_on(server::run(cfg, on_ready)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(StartError::Config(e)) => {
-            eprintln!("portcullis: {e}");
-            ExitCode::from(cli::EXIT_USAGE)
-        }
-        Err(StartError::Runtime(e)) => {
-            eprintln!("portcullis: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn print_dev_banner(cfg: &config::Config, created: bool, addr: std::net::SocketAddr) {
-    let dir = &cfg.system.state_dir;
-    let url = format!("https://{addr}");
-    let user = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "root".into());
-    let user = if user.is_empty() {
-        "root".to_string()
-    } else {
-        user
-    };
-    println!(
-        "portcullis: development mode ({} the dev CA)",
-        if created { "created" } else { "reusing" }
-    );
-    println!("  URL:    {url}");
-    println!("  CA:     {}", dir.join("ca.pem").display());
-    let d = dir.display();
-    // The commands name this very binary, so they paste even when it is not on PATH.
-    let exe =
-        std::env::current_exe().map_or_else(|_| "portcullis".into(), |p| p.display().to_string());
-    let ca = format!("{d}/ca.pem");
-    if cfg.security.mechanisms.contains(&Mechanism::Password) {
-        println!(
-            "  log in with a local user's password (PAM service {}):",
-            cfg.security.pam_service
-        );
-        println!("    curl --cacert {ca} -u {user} -X POST {url}/v1/login");
-        println!("    {exe} login --server {url} --ca {ca} --user {user}");
-    } else {
-        println!(
-            "  password logins are off: /etc/pam.d/{} is missing (copy pam.d/portcullis there)",
-            cfg.security.pam_service
-        );
-    }
-    if cfg.security.mechanisms.contains(&Mechanism::Kerberos) {
-        println!(
-            "  log in with a Kerberos ticket (after kinit; the service principal is HTTP/<host>):"
-        );
-        println!(
-            "    curl --negotiate -u : --cacert {ca} -X POST https://localhost:{}/v1/login",
-            addr.port()
-        );
-        println!(
-            "    {exe} login --kerberos --server https://localhost:{} --ca {ca}",
-            addr.port()
-        );
-    }
-    println!("  log in with a client certificate:");
-    println!("    {exe} dev-certs --dir {d} --user {user}");
-    println!(
-        "    curl --cacert {ca} --cert {d}/{user}.pem --key {d}/{user}.key -X POST {url}/v1/login"
-    );
-    println!("    {exe} login --server {url} --ca {ca} --cert {d}/{user}.pem --key {d}/{user}.key");
-}
 
 fn main() -> ExitCode {
     let (cli, sources) = cli::parse();
     match &cli.command {
-        Command::Serve(args) => serve(args, sources),
-        Command::CheckConfig(args) => cli::check_config(args, sources),
-        Command::DevCerts(args) => cli::dev_certs(args),
+        Command::Serve(args) => cli::serve::run(args, sources),
+        Command::CheckConfig(args) => cli::check_config::run(args, sources),
+        Command::DevCerts(args) => cli::dev_certs::run(args),
         Command::Login(_) | Command::Whoami(_) | Command::Logout(_) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match cli::runtime(tokio::runtime::Builder::new_current_thread()) {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("portcullis: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             runtime.block_on(async {
                 match &cli.command {
-                    Command::Login(a) => cli::login(a).await,
-                    Command::Whoami(a) => cli::whoami(a).await,
-                    Command::Logout(a) => cli::logout(a).await,
+                    Command::Login(a) => cli::login::run(a).await,
+                    Command::Whoami(a) => cli::whoami::run(a).await,
+                    Command::Logout(a) => cli::logout::run(a).await,
                     _ => unreachable!("matched above"),
                 }
             })

@@ -10,10 +10,10 @@ use arc_swap::ArcSwap;
 use tracing::Instrument;
 
 use crate::audit;
+use crate::auth::Mechanism;
 use crate::auth::{
     AuthError, Authenticator, Challenge, Credentials, Identity, LoginContext, Outcome,
 };
-use crate::config::Mechanism;
 use crate::directory::{Directory, DirectoryError};
 use crate::labels::LabelMap;
 use crate::metrics::Metrics;
@@ -256,12 +256,5 @@ fn counts_as_guess(e: &AuthError) -> bool {
 }
 
 fn outcome_of(e: &AuthError) -> &'static str {
-    match e {
-        AuthError::Malformed { .. } => "bad_request",
-        AuthError::Rejected { .. } => "rejected",
-        AuthError::AccountUnavailable { .. } | AuthError::PasswordExpired => "account_unavailable",
-        AuthError::TooManyAttempts { .. } => "throttled",
-        AuthError::Unavailable { .. } => "unavailable",
-        AuthError::UnknownConversation => "rejected",
-    }
+    crate::error::refusal(e).outcome
 }

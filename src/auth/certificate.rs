@@ -12,13 +12,23 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{
-    AuthError, Authenticator, BoxFuture, Credentials, Identity, LoginContext, Outcome,
+    AuthError, Authenticator, BoxFuture, Credentials, Identity, LoginContext, Mechanism, Outcome,
     valid_username,
 };
-use crate::config::{Mechanism, PkiUserField};
 
 const OID_UID: &str = "0.9.2342.19200300.100.1.1";
 const OID_CN: &str = "2.5.4.3";
+
+/// Where the user name is read from (`security.pki_user_field`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PkiUserField {
+    /// OID 0.9.2342.19200300.100.1.1 in the subject.
+    Uid,
+    Cn,
+    /// The rfc822Name subject alternative name.
+    Email,
+}
 
 pub struct CertificateAuthenticator {
     field: PkiUserField,
@@ -27,10 +37,14 @@ pub struct CertificateAuthenticator {
 }
 
 impl CertificateAuthenticator {
+    /// `email_domains` as configured: `@example.com` and `Example.COM` mean `example.com`.
     pub fn new(field: PkiUserField, email_domains: Vec<String>) -> Self {
         CertificateAuthenticator {
             field,
-            email_domains,
+            email_domains: email_domains
+                .into_iter()
+                .map(|d| d.trim_start_matches('@').to_ascii_lowercase())
+                .collect(),
         }
     }
 

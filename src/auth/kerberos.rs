@@ -19,8 +19,8 @@ use super::{
     AuthError, Authenticator, BoxFuture, Credentials, Identity, LoginContext, Outcome, spnego,
     valid_username,
 };
+use crate::auth::Mechanism;
 use crate::blocking::BlockingPool;
-use crate::config::Mechanism;
 
 #[link(name = "krb5")]
 unsafe extern "C" {

@@ -19,9 +19,49 @@ use std::pin::Pin;
 use rustls_pki_types::CertificateDer;
 use zeroize::Zeroizing;
 
-use crate::config::Mechanism;
-
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The four kinds of login. Defined here, not in `config`, because it is what an
+/// authenticator is; `config` names these types in its sections (config depends on
+/// auth, never the other way round).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mechanism {
+    Password,
+    Kerberos,
+    Certificate,
+    Oidc,
+}
+
+impl Mechanism {
+    pub const ALL: [Mechanism; 4] = [
+        Mechanism::Password,
+        Mechanism::Kerberos,
+        Mechanism::Certificate,
+        Mechanism::Oidc,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::Password => "password",
+            Mechanism::Kerberos => "kerberos",
+            Mechanism::Certificate => "certificate",
+            Mechanism::Oidc => "oidc",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Mechanism::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A password, token or answer: zeroed on drop, never printed.
 #[derive(Clone, PartialEq, Eq)]

@@ -22,13 +22,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::Instant;
 
+use super::Mechanism;
 use super::{
     AuthError, Authenticator, BoxFuture, Challenge, Credentials, Identity, LoginContext, Outcome,
     Prompt, PromptStyle, Secret, valid_username,
 };
 use crate::audit;
 use crate::blocking::{BlockingPool, SlotClock};
-use crate::config::Mechanism;
 use crate::quota::{self, Quota};
 use crate::throttle::{Attempt, Throttle};
 

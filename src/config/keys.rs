@@ -15,6 +15,17 @@ pub enum Kind {
     StrList,
     /// One of a fixed set of strings.
     Enum(&'static [&'static str]),
+    /// A list of `Enum` values; the first field names one item in errors.
+    EnumList(&'static str, &'static [&'static str]),
+    /// One or more `address:port`.
+    AddrList,
+}
+
+impl Kind {
+    /// A `-D` value of a list kind may be comma-separated.
+    pub fn is_list(self) -> bool {
+        matches!(self, Kind::StrList | Kind::EnumList(..) | Kind::AddrList)
+    }
 }
 
 pub struct KeyDef {
@@ -45,7 +56,7 @@ pub const OIDC_MODES: &[&str] = &[
 ];
 
 pub static KEYS: &[KeyDef] = &[
-    key("system.listen", Kind::StrList, r#"["127.0.0.1:4367"]"#),
+    key("system.listen", Kind::AddrList, r#"["127.0.0.1:4367"]"#),
     key("system.hostname", Kind::Str, "null"),
     key("system.state_dir", Kind::Str, r#""/var/lib/portcullis""#),
     key("system.max_connections", Kind::UInt, "10000"),
@@ -72,7 +83,11 @@ pub static KEYS: &[KeyDef] = &[
     key("ssl.crl_files", Kind::StrList, "[]"),
     key("ssl.min_version", Kind::Enum(&["1.2", "1.3"]), r#""1.2""#),
     key("ssl.crl_allow_expired", Kind::Bool, "false"),
-    key("security.mechanisms", Kind::StrList, "null"),
+    key(
+        "security.mechanisms",
+        Kind::EnumList("mechanism", MECHANISMS),
+        "null",
+    ),
     key("security.pam_service", Kind::Str, r#""portcullis""#),
     key("security.use_kerberos", Kind::Bool, "false"),
     key("security.server_krb_principal", Kind::Str, "null"),

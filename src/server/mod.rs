@@ -1,6 +1,8 @@
 //! The daemon: wires the configuration into the pipeline, binds the listeners,
 //! handles SIGHUP (reload) and SIGTERM (drain), and tells systemd when it is ready.
 
+pub mod body;
+pub mod credentials;
 pub mod listener;
 pub mod routes;
 pub mod tls;
@@ -15,12 +17,13 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::auth::Authenticator;
+use crate::auth::Mechanism;
 use crate::auth::certificate::CertificateAuthenticator;
 use crate::auth::kerberos::KerberosAuthenticator;
 use crate::auth::oidc::OidcAuthenticator;
 use crate::auth::password::{PamSettings, PasswordAuthenticator};
 use crate::blocking::BlockingPool;
-use crate::config::{Config, Mechanism};
+use crate::config::Config;
 use crate::directory::Directory;
 use crate::labels::LabelMap;
 use crate::metrics::Metrics;
@@ -141,20 +144,26 @@ fn authenticators(
     Ok(out)
 }
 
-/// Build the state; every file is read here so a broken one stops startup with its name.
-pub fn build_state(config: Config) -> Result<AppState, StartError> {
+/// What startup reads from disk, read and checked.
+pub struct StartupFiles {
+    /// `None` when `ssl.enabled` is false or the check was skipped.
+    pub tls: Option<tls::TlsSetup>,
+    pub labels: LabelMap,
+}
+
+/// The startup check shared by `serve` and `check-config`: read every file the
+/// configuration names (certificates and CRLs, the keytab, label files) and report
+/// every problem at once, each naming its file. `check_tls` false skips the
+/// certificates (`check-config --dev` before the first start made them).
+pub fn check_startup(config: &Config, check_tls: bool) -> Result<StartupFiles, Vec<String>> {
     let mut problems = Vec::new();
-    let tls = if config.ssl.enabled {
+    let mut tls = None;
+    if config.ssl.enabled && check_tls {
         match tls::load(&config.ssl) {
-            Ok(c) => Some(ArcSwap::from_pointee(c)),
-            Err(e) => {
-                problems.push(e.to_string());
-                None
-            }
+            Ok(c) => tls = Some(c),
+            Err(e) => problems.push(e.to_string()),
         }
-    } else {
-        None
-    };
+    }
     if config.security.mechanisms.contains(&Mechanism::Kerberos)
         && let Err(e) = crate::auth::kerberos::check_acceptor(
             &config.security.krb_keytab,
@@ -163,16 +172,22 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
     {
         problems.push(e);
     }
-    let labels = match load_labels(&config) {
-        Ok(l) => l,
-        Err(e) => {
-            problems.push(e);
-            LabelMap::default()
-        }
-    };
-    if !problems.is_empty() {
-        return Err(StartError::Config(problems.join("\n")));
+    let labels = load_labels(config).unwrap_or_else(|e| {
+        problems.push(e);
+        LabelMap::default()
+    });
+    if problems.is_empty() {
+        Ok(StartupFiles { tls, labels })
+    } else {
+        Err(problems)
     }
+}
+
+/// Build the state; every file is read here so a broken one stops startup with its name.
+pub fn build_state(config: Config) -> Result<AppState, StartError> {
+    let files = check_startup(&config, true).map_err(|p| StartError::Config(p.join("\n")))?;
+    let tls = files.tls.map(ArcSwap::from_pointee);
+    let labels = files.labels;
     let metrics = Arc::new(Metrics::new());
     let pools = Pools::new(&config, &metrics);
     let sec = &config.security;

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -15,10 +15,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
+use super::body::{linger, read_body};
+use super::credentials::{checked_certificate, extract_credentials};
 use super::{AppState, ConnInfo};
 use crate::audit;
-use crate::auth::{AuthError, Credentials, LoginContext, Secret};
-use crate::config::Mechanism;
+use crate::auth::{AuthError, Credentials, LoginContext, Mechanism, Secret};
 use crate::error::ApiError;
 use crate::pipeline::LoginResult;
 use crate::session::{Session, token};
@@ -147,9 +148,15 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
         ApiError::Unauthorized {
             www_authenticate, ..
         } => append_challenges(h, www_authenticate),
-        ApiError::TooManyAttempts { retry_after } => {
+        ApiError::Auth {
+            error: AuthError::TooManyAttempts { retry_after },
+            ..
+        } => {
             h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
+        ApiError::Auth {
+            www_authenticate, ..
+        } if e.status() == StatusCode::UNAUTHORIZED => append_challenges(h, www_authenticate),
         ApiError::MethodNotAllowed { allow } => {
             h.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
@@ -209,14 +216,6 @@ fn append_challenges(headers: &mut HeaderMap, schemes: &[String]) {
             headers.append(header::WWW_AUTHENTICATE, v);
         }
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginBody {
-    mechanism: Option<String>,
-    username: Option<String>,
-    password: Option<Zeroizing<String>>,
 }
 
 /// The parts of a login request: headers, the (bounded) body, and who is asking.
@@ -366,227 +365,6 @@ async fn login_continue(
     )
 }
 
-async fn read_body(
-    body: Incoming,
-    headers: &HeaderMap,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    // Beyond the limit, a modest overflow is still read and thrown away so the client
-    // finishes sending and sees the 413; closing on it mid-upload makes the kernel
-    // reset the connection and the client loses the answer.
-    let drain_limit = (limit as u64).max(DRAIN_LIMIT);
-    if declared.is_some_and(|n| n > drain_limit) {
-        linger(body);
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let mut body = body;
-    let collect = async {
-        // Collected into a zeroizing buffer because it may hold a password.
-        let mut out = Zeroizing::new(Vec::new());
-        let mut seen: u64 = 0;
-        while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
-            if let Ok(data) = frame.into_data() {
-                seen += data.len() as u64;
-                if seen > drain_limit {
-                    break;
-                }
-                if seen <= limit as u64 {
-                    out.extend_from_slice(&data);
-                }
-            }
-        }
-        if seen > limit as u64 {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        Ok(out)
-    };
-    let result = tokio::time::timeout(timeout, collect)
-        .await
-        .map_err(|_| ApiError::Timeout)
-        .and_then(|r| r);
-    if matches!(result, Err(ApiError::PayloadTooLarge { .. })) {
-        linger(body);
-    }
-    result
-}
-
-/// Keep an unread request body open a moment longer, until the error response has
-/// gone out. Dropped while the response is still unsent, an HTTP/2 request body is
-/// reset with CANCEL and the client never sees the 413; dropped after the response
-/// ended, h2 resets it with NO_ERROR, as RFC 9113 §8.1 asks for an early answer.
-fn linger(body: Incoming) {
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        drop(body);
-    });
-}
-
-/// How much of an oversized body is read and discarded before answering 413.
-const DRAIN_LIMIT: u64 = 1 << 20;
-
-fn malformed(reason: &'static str, message: impl Into<String>) -> AuthError {
-    AuthError::Malformed {
-        reason,
-        message: message.into(),
-    }
-}
-
-/// A presented certificate chain is checked against the CA file and CRLs loaded now,
-/// not when the connection was opened: after a SIGHUP that revokes it, the next
-/// login on an old keep-alive or HTTP/2 connection is refused (SPEC §9).
-fn checked_certificate(
-    state: &AppState,
-    credentials: Option<Credentials>,
-) -> Result<Option<Credentials>, AuthError> {
-    let Some(Credentials::Certificate(chain)) = &credentials else {
-        return Ok(credentials);
-    };
-    let Some(tls) = &state.tls else {
-        return Err(AuthError::rejected(
-            "certificate_untrusted",
-            "client certificates need TLS",
-        ));
-    };
-    tls.load()
-        .check_chain(chain)
-        .map_err(|r| AuthError::rejected(r.reason, r.message))?;
-    Ok(credentials)
-}
-
-/// Credentials from the `Authorization` header, the JSON body, or the TLS session,
-/// in that order of precedence.
-fn extract_credentials(
-    headers: &HeaderMap,
-    body: &[u8],
-    conn: &ConnInfo,
-) -> Result<Option<Credentials>, AuthError> {
-    let parsed: Option<LoginBody> = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        Some(serde_json::from_slice(body).map_err(|e| {
-            malformed(
-                "bad_json",
-                format!("the request body is not valid login JSON: {e}"),
-            )
-        })?)
-    };
-    let body_mechanism = match parsed.as_ref().and_then(|b| b.mechanism.as_deref()) {
-        None => None,
-        Some(m) => Some(Mechanism::parse(m).ok_or_else(|| {
-            malformed(
-                "bad_mechanism",
-                format!("unknown mechanism \"{m}\"; use password, kerberos, certificate or oidc"),
-            )
-        })?),
-    };
-    if let Some(auth) = headers.get(header::AUTHORIZATION) {
-        let creds = parse_authorization(auth)?;
-        if body_mechanism.is_some_and(|m| m != creds.mechanism()) {
-            return Err(malformed(
-                "conflicting_credentials",
-                "the body names a different mechanism than the Authorization header",
-            ));
-        }
-        return Ok(Some(creds));
-    }
-    match (body_mechanism, parsed) {
-        (
-            Some(Mechanism::Password) | None,
-            Some(LoginBody {
-                username: Some(u),
-                password: Some(p),
-                ..
-            }),
-        ) => Ok(Some(Credentials::Password {
-            username: u,
-            password: Secret::from(p),
-        })),
-        (Some(Mechanism::Password), _) => Err(malformed(
-            "missing_field",
-            "a password login needs \"username\" and \"password\"",
-        )),
-        (Some(Mechanism::Kerberos), _) => Err(malformed(
-            "wrong_place",
-            "send the Kerberos token as \"Authorization: Negotiate <base64>\"",
-        )),
-        (Some(Mechanism::Oidc), _) => Err(malformed(
-            "wrong_place",
-            "send the IdP token as \"Authorization: Bearer <token>\"",
-        )),
-        (Some(Mechanism::Certificate), _) | (None, None) if conn.peer_chain.is_empty() => Ok(None),
-        (Some(Mechanism::Certificate), _) | (None, None) => {
-            Ok(Some(Credentials::Certificate(conn.peer_chain.clone())))
-        }
-        (None, Some(_)) => Err(malformed(
-            "missing_field",
-            "the body must name a \"mechanism\" or carry \"username\" and \"password\"",
-        )),
-    }
-}
-
-fn parse_authorization(value: &HeaderValue) -> Result<Credentials, AuthError> {
-    let text = value
-        .to_str()
-        .map_err(|_| malformed("bad_authorization", "the Authorization header is not ASCII"))?;
-    let (scheme, param) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
-    let param = param.trim();
-    let decode = |what: &str| {
-        STANDARD.decode(param).map_err(|_| {
-            malformed(
-                "bad_base64",
-                format!("the {what} credentials are not valid base64"),
-            )
-        })
-    };
-    match scheme.to_ascii_lowercase().as_str() {
-        "basic" => {
-            let raw = Zeroizing::new(decode("Basic")?);
-            let text = std::str::from_utf8(&raw).map_err(|_| {
-                malformed("bad_authorization", "the Basic credentials are not UTF-8")
-            })?;
-            let (user, pass) = text.split_once(':').ok_or_else(|| {
-                malformed(
-                    "bad_authorization",
-                    "the Basic credentials lack the ':' separator",
-                )
-            })?;
-            Ok(Credentials::Password {
-                username: user.to_string(),
-                password: Secret::new(pass.to_string()),
-            })
-        }
-        "negotiate" => {
-            let blob = decode("Negotiate")?;
-            if blob.is_empty() {
-                return Err(malformed(
-                    "bad_authorization",
-                    "the Negotiate token is empty",
-                ));
-            }
-            Ok(Credentials::Negotiate(blob))
-        }
-        // Refused before any authenticator runs, so it never reaches the IdP (SPEC §9).
-        "bearer" if param.starts_with(token::PREFIX) => {
-            Err(crate::auth::oidc::session_token_presented())
-        }
-        "bearer" if !param.is_empty() => Ok(Credentials::Bearer(Secret::new(param.to_string()))),
-        "bearer" => Err(malformed("bad_authorization", "the Bearer token is empty")),
-        _ => Err(malformed(
-            "bad_authorization",
-            format!(
-                "unsupported Authorization scheme \"{scheme}\"; use Basic, Negotiate or Bearer"
-            ),
-        )),
-    }
-}
-
 const SESSION_CHALLENGE: &str = "Bearer realm=\"portcullis\"";
 const SESSION_INVALID: &str = "Bearer realm=\"portcullis\", error=\"invalid_token\"";
 
@@ -682,90 +460,6 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn conn() -> ConnInfo {
-        ConnInfo::new("127.0.0.1:1".parse().unwrap(), Vec::new())
-    }
-
-    #[test]
-    fn basic_credentials_are_decoded() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic YWxpY2U6czNjcjN0Oih4KQ=="),
-        );
-        match extract_credentials(&h, b"", &conn()).unwrap().unwrap() {
-            Credentials::Password { username, password } => {
-                assert_eq!(username, "alice");
-                assert_eq!(password.expose(), "s3cr3t:(x)");
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn malformed_requests_are_400s() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic !!!notbase64"),
-        );
-        assert_eq!(
-            extract_credentials(&h, b"", &conn()).unwrap_err().reason(),
-            "bad_base64"
-        );
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Digest abc"),
-        );
-        assert_eq!(
-            extract_credentials(&h, b"", &conn()).unwrap_err().reason(),
-            "bad_authorization"
-        );
-        let h = HeaderMap::new();
-        assert_eq!(
-            extract_credentials(&h, b"{nope", &conn())
-                .unwrap_err()
-                .reason(),
-            "bad_json"
-        );
-        assert_eq!(
-            extract_credentials(&h, br#"{"mechanism":"password","username":"a"}"#, &conn())
-                .unwrap_err()
-                .reason(),
-            "missing_field"
-        );
-        assert_eq!(
-            extract_credentials(&h, br#"{"mechanism":"x"}"#, &conn())
-                .unwrap_err()
-                .reason(),
-            "bad_mechanism"
-        );
-        assert_eq!(
-            extract_credentials(&h, br#"{"user":"a"}"#, &conn())
-                .unwrap_err()
-                .reason(),
-            "bad_json"
-        );
-    }
-
-    #[test]
-    fn no_credentials_without_a_certificate() {
-        assert!(
-            extract_credentials(&HeaderMap::new(), b" \n", &conn())
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            extract_credentials(
-                &HeaderMap::new(),
-                br#"{"mechanism":"certificate"}"#,
-                &conn()
-            )
-            .unwrap()
-            .is_none()
-        );
-    }
 
     #[test]
     fn timestamps_are_rfc3339_utc_seconds() {

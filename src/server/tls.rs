@@ -399,11 +399,12 @@ pub fn load(ssl: &Ssl) -> Result<TlsSetup, TlsError> {
     if !errors.is_empty() {
         return Err(TlsError(errors));
     }
-    let versions: &[&rustls::SupportedProtocolVersion] = if ssl.tls13_only {
-        &[&rustls::version::TLS13]
-    } else {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
-    };
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if ssl.min_version == crate::config::TlsVersion::Tls13 {
+            &[&rustls::version::TLS13]
+        } else {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        };
     let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| TlsError(vec![e.to_string()]))?;

@@ -230,7 +230,7 @@ impl SessionStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Mechanism;
+    use crate::auth::Mechanism;
 
     fn info() -> Arc<SessionInfo> {
         Arc::new(SessionInfo {

@@ -10,7 +10,7 @@ pub mod token;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::config::Mechanism;
+use crate::auth::Mechanism;
 
 pub use memory::MemoryStore;
 pub use token::{Token, TokenHash};
