@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::krb;
 use common::*;
-use portcullis::cli::client::{Client, Reply};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -19,15 +18,6 @@ const OTP_SERVICE: &str = "security.pam_service=portcullis-test-otp";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-async fn password(c: &Client, user: &str, pass: &str) -> Reply {
-    post_login(
-        c,
-        Some(json!({"mechanism": "password", "username": user, "password": pass})),
-    )
-    .await
-    .unwrap()
 }
 
 /// A TLS connection offering `alpn`, or the error if the daemon will not have it.

@@ -40,19 +40,6 @@ fn daemon(dir: &std::path::Path, idp: &Idp, mode: &str, extra: &[&str]) -> Daemo
     Daemon::start(dir, &all)
 }
 
-async fn bearer(d: &Daemon, token: &str) -> Reply {
-    let auth = format!("Bearer {token}");
-    d.client(None)
-        .request(
-            hyper::Method::POST,
-            "/v1/login",
-            &[("authorization", &auth)],
-            None,
-        )
-        .await
-        .unwrap()
-}
-
 fn assert_refused(r: &Reply, d: &Daemon, reason: &str) {
     assert_eq!(r.status, 401, "{:?}", r.json());
     assert_eq!(r.json()["error"], "authentication_failed");

@@ -112,33 +112,6 @@ fn daemon_with_file(dir: &std::path::Path, conf: &str) -> Daemon {
     Daemon::start_with_file(dir, conf, &[])
 }
 
-async fn bearer(d: &Daemon, token: &str) -> portcullis::cli::client::Reply {
-    let auth = format!("Bearer {token}");
-    d.client(None)
-        .request(
-            hyper::Method::POST,
-            "/v1/login",
-            &[("authorization", &auth)],
-            None,
-        )
-        .await
-        .unwrap()
-}
-
-fn password_body(user: &str, pass: &str) -> serde_json::Value {
-    json!({"mechanism": "password", "username": user, "password": pass})
-}
-
-async fn password(
-    c: &portcullis::cli::client::Client,
-    user: &str,
-    pass: &str,
-) -> portcullis::cli::client::Reply {
-    post_login(c, Some(password_body(user, pass)))
-        .await
-        .unwrap()
-}
-
 async fn answer(
     c: &portcullis::cli::client::Client,
     conversation: &str,

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::idp::Idp;
 use common::*;
-use portcullis::cli::client::Reply;
 use portcullis::devcerts;
 use serde_json::{Value, json};
 
@@ -21,19 +20,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-async fn bearer(d: &Daemon, token: &str) -> Reply {
-    let auth = format!("Bearer {token}");
-    d.client(None)
-        .request(
-            hyper::Method::POST,
-            "/v1/login",
-            &[("authorization", &auth)],
-            None,
-        )
-        .await
-        .unwrap()
 }
 
 async fn methods(d: &Daemon) -> Value {

@@ -240,6 +240,30 @@ pub async fn post_login(
         .await
 }
 
+/// `POST /v1/login` with `Authorization: Bearer <token>` (an IdP token).
+pub async fn bearer(d: &Daemon, token: &str) -> Reply {
+    let auth = format!("Bearer {token}");
+    d.client(None)
+        .request(
+            hyper::Method::POST,
+            "/v1/login",
+            &[("authorization", &auth)],
+            None,
+        )
+        .await
+        .unwrap()
+}
+
+/// A JSON password login through `c`.
+pub async fn password(c: &Client, user: &str, pass: &str) -> Reply {
+    post_login(
+        c,
+        Some(serde_json::json!({"mechanism": "password", "username": user, "password": pass})),
+    )
+    .await
+    .unwrap()
+}
+
 pub async fn get_session(client: &Client, token: &str) -> Reply {
     let auth = format!("Bearer {token}");
     client
