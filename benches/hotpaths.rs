@@ -55,6 +55,8 @@ fn session_info(user: &str, groups: &Arc<[Arc<str>]>, labels: &LabelMap) -> Arc<
         mechanism: Mechanism::Certificate,
         groups: groups.clone(),
         labels: labels.labels_for(groups).into(),
+        created_at: std::time::SystemTime::now(),
+        peer: None,
     })
 }
 

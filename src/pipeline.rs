@@ -173,11 +173,15 @@ impl Pipeline {
             }
         };
         let user = identity.user.clone();
-        (self.issue(identity).await, Some(user))
+        (self.issue(identity, ctx).await, Some(user))
     }
 
     /// Groups, labels and the session for a proven identity.
-    async fn issue(&self, identity: Identity) -> Result<LoginResult, AuthError> {
+    async fn issue(
+        &self,
+        identity: Identity,
+        ctx: &LoginContext,
+    ) -> Result<LoginResult, AuthError> {
         let groups: Arc<[Arc<str>]> = match identity.groups {
             Some(gs) => gs.iter().map(|g| Arc::from(g.as_str())).collect(),
             None => match self.directory.lookup(&identity.user).await {
@@ -214,6 +218,8 @@ impl Pipeline {
             mechanism: identity.mechanism,
             groups,
             labels,
+            created_at: std::time::SystemTime::now(),
+            peer: Some(ctx.peer.ip()),
         });
         let created = match self.sessions.create(info, self.policy.session_ttl) {
             Ok(c) => c,

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use tokio::sync::Notify;
 
 use super::{
-    Created, Session, SessionError, SessionInfo, SessionLimits, SessionStore, TokenHash, token,
+    Created, Revoke, Session, SessionError, SessionInfo, SessionLimits, SessionRecord,
+    SessionStore, TokenHash, token,
 };
 
 struct Entry {
@@ -225,6 +226,54 @@ impl SessionStore for MemoryStore {
     fn len(&self) -> usize {
         self.shared.lock().entries.len()
     }
+
+    fn list(&self, user: Option<&str>) -> Vec<SessionRecord> {
+        let state = self.shared.lock();
+        let now = Instant::now();
+        let record = |hash: &TokenHash, e: &Entry| SessionRecord {
+            id: hash.short_id(),
+            info: e.info.clone(),
+            expires_at: e.expires_at,
+        };
+        let mut out: Vec<SessionRecord> = match user {
+            Some(u) => state
+                .by_user
+                .get(u)
+                .into_iter()
+                .flatten()
+                .filter_map(|h| state.entries.get(h).map(|e| (h, e)))
+                .filter(|(_, e)| e.deadline > now)
+                .map(|(h, e)| record(h, e))
+                .collect(),
+            None => state
+                .entries
+                .iter()
+                .filter(|(_, e)| e.deadline > now)
+                .map(|(h, e)| record(h, e))
+                .collect(),
+        };
+        out.sort_by_key(|r| r.info.created_at);
+        out
+    }
+
+    fn revoke_where(&self, which: &Revoke) -> usize {
+        let mut state = self.shared.lock();
+        let doomed: Vec<TokenHash> = match which {
+            Revoke::User(u) => state
+                .by_user
+                .get(u.as_str())
+                .map(|l| l.iter().copied().collect())
+                .unwrap_or_default(),
+            Revoke::Id(id) => state
+                .entries
+                .keys()
+                .filter(|h| h.matches_id(id))
+                .copied()
+                .collect(),
+            Revoke::All => state.entries.keys().copied().collect(),
+        };
+        doomed.iter().filter(|h| state.remove(h).is_some()).count()
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +287,8 @@ mod tests {
             mechanism: Mechanism::Certificate,
             groups: vec![Arc::from("alice")].into(),
             labels: vec![].into(),
+            created_at: SystemTime::now(),
+            peer: None,
         })
     }
 
@@ -317,5 +368,35 @@ mod tests {
         );
         assert!(store.revoke(&fourth.token.hash));
         assert_eq!(store.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_operator_lists_and_revokes_by_user_id_or_all() {
+        let store = MemoryStore::new(None);
+        let ttl = Duration::from_secs(60);
+        let a1 = store.create(info(), ttl).unwrap().token;
+        let _a2 = store.create(info(), ttl).unwrap().token;
+        let bob = Arc::new(SessionInfo {
+            user: "bob".into(),
+            ..(*info()).clone()
+        });
+        let b = store.create(bob, ttl).unwrap().token;
+        assert_eq!(store.list(Some("alice")).len(), 2);
+        assert_eq!(store.list(None).len(), 3);
+        let id = b.hash.short_id();
+        assert_eq!(id.len(), 12);
+        assert_eq!(store.list(Some("bob"))[0].id, id);
+        assert_eq!(
+            store.revoke_where(&Revoke::Id("abc".into())),
+            0,
+            "too short"
+        );
+        assert_eq!(store.revoke_where(&Revoke::Id(id)), 1);
+        assert!(store.get(&b.hash).is_none());
+        assert_eq!(store.revoke_where(&Revoke::User("alice".into())), 2);
+        assert!(store.get(&a1.hash).is_none());
+        assert_eq!(store.len(), 0);
+        store.create(info(), ttl).unwrap();
+        assert_eq!(store.revoke_where(&Revoke::All), 1);
     }
 }

@@ -7,6 +7,7 @@
 pub mod memory;
 pub mod token;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -23,6 +24,43 @@ pub struct SessionInfo {
     pub mechanism: Mechanism,
     pub groups: Arc<[Arc<str>]>,
     pub labels: Arc<[Arc<str>]>,
+    /// When the login happened and from where, for the operator (`admin sessions`).
+    pub created_at: SystemTime,
+    pub peer: Option<IpAddr>,
+}
+
+/// A live session as the operator sees it: never the token, only a short id (the
+/// first 12 hex characters of the token's SHA-256) that names it for `revoke --id`.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub id: String,
+    pub info: Arc<SessionInfo>,
+    pub expires_at: SystemTime,
+}
+
+/// Which sessions an operator ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoke {
+    User(String),
+    /// A [`SessionRecord::id`] (or a longer prefix of the hash, in hex).
+    Id(String),
+    All,
+}
+
+impl TokenHash {
+    /// The operator's name for a session.
+    pub fn short_id(&self) -> String {
+        self.0[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether `id` (at least 12 hex characters) names this session.
+    pub fn matches_id(&self, id: &str) -> bool {
+        id.len() >= 12 && self.hex().starts_with(&id.to_ascii_lowercase())
+    }
 }
 
 /// A live session as seen by a caller.
@@ -79,6 +117,10 @@ pub trait SessionStore: Send + Sync + 'static {
     fn revoke(&self, hash: &TokenHash) -> bool;
     /// Live sessions, for the `portcullis_active_sessions` gauge.
     fn len(&self) -> usize;
+    /// Live sessions, of one user or all, for the operator (a scan: not for requests).
+    fn list(&self, user: Option<&str>) -> Vec<SessionRecord>;
+    /// End the sessions `which` names; how many ended.
+    fn revoke_where(&self, which: &Revoke) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
