@@ -231,9 +231,9 @@ impl Pipeline {
                 });
             }
         };
-        if created.evicted > 0 {
-            audit::sessions_evicted(&identity.user, created.evicted);
-            for _ in 0..created.evicted {
+        if !created.evicted.is_empty() {
+            audit::sessions_evicted(&identity.user, created.evicted.len());
+            for _ in &created.evicted {
                 self.metrics.session_evicted();
             }
         }

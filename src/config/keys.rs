@@ -116,6 +116,12 @@ pub static KEYS: &[KeyDef] = &[
     key("security.allowed_origins", Kind::StrList, "[]"),
     key("security.max_sessions_per_user", Kind::UInt, "100"),
     key("security.max_sessions", Kind::UInt, "1000000"),
+    key(
+        "security.session_store",
+        Kind::Enum(&["memory", "file"]),
+        r#""file""#,
+    ),
+    key("security.session_store_path", Kind::Str, "null"),
     key("security.oidc.jwks_refetch_interval", Kind::UInt, "60"),
     key("security.oidc.introspection_cache_ttl", Kind::UInt, "0"),
     key("security.oidc.issuer", Kind::Str, "null"),

@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use keys::{KEYS, Kind};
-pub use types::{ClientAuth, Config, Log, LogFormat, Security, Ssl, System, TlsVersion};
+pub use types::{
+    ClientAuth, Config, Log, LogFormat, Security, SessionStoreKind, Ssl, System, TlsVersion,
+};
 pub use validate::{Env, pam_service_installed};
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/portcullis/portcullis.conf";

@@ -109,7 +109,18 @@ pub struct Security {
     pub allowed_origins: Vec<String>,
     pub max_sessions_per_user: usize,
     pub max_sessions: usize,
+    /// Where sessions live (SPEC §10): this process only, or a crash-safe file.
+    pub session_store: SessionStoreKind,
+    /// The file of the `file` store; `<state_dir>/sessions.db` when unset.
+    pub session_store_path: Option<PathBuf>,
     pub oidc: oidc::Settings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStoreKind {
+    Memory,
+    File,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -24,12 +24,13 @@ use crate::auth::oidc::OidcAuthenticator;
 use crate::auth::password::{PamSettings, PasswordAuthenticator};
 use crate::blocking::BlockingPool;
 use crate::config::Config;
+use crate::config::SessionStoreKind;
 use crate::directory::Directory;
 use crate::labels::LabelMap;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Policy};
 use crate::quota::Quota;
-use crate::session::{MemoryStore, SessionLimits};
+use crate::session::{FileStore, MemoryStore, SessionLimits, SessionStore};
 use crate::throttle::Throttle;
 
 /// What a connection knows about its peer, fixed at handshake time.
@@ -198,19 +199,12 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
     ));
     let authenticators = authenticators(&config, &pools, &throttle).map_err(StartError::Config)?;
     let directory = Directory::new(pools.nss, Duration::from_secs(sec.group_cache_ttl));
-    let idle = Duration::from_secs(sec.session_idle_timeout);
-    let sessions = MemoryStore::with_limits(
-        Some(idle),
-        SessionLimits {
-            per_user: sec.max_sessions_per_user,
-            total: sec.max_sessions,
-        },
-    );
+    let sessions = open_sessions(&config)?;
     let pipeline = Pipeline::new(
         authenticators,
         directory,
         labels,
-        Arc::new(sessions),
+        sessions,
         metrics,
         Policy {
             session_ttl: Duration::from_secs(sec.session_ttl),
@@ -223,6 +217,30 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
         config: Arc::new(config),
         pipeline,
         tls,
+    })
+}
+
+/// The session store of `security.session_store`; a file that cannot be used stops
+/// startup with its name (never a silent reset).
+fn open_sessions(config: &Config) -> Result<Arc<dyn SessionStore>, StartError> {
+    let sec = &config.security;
+    let idle = Some(Duration::from_secs(sec.session_idle_timeout));
+    let limits = SessionLimits {
+        per_user: sec.max_sessions_per_user,
+        total: sec.max_sessions,
+    };
+    Ok(match sec.session_store {
+        SessionStoreKind::Memory => Arc::new(MemoryStore::with_limits(idle, limits)),
+        SessionStoreKind::File => {
+            let path = sec
+                .session_store_path
+                .clone()
+                .unwrap_or_else(|| config.system.state_dir.join("sessions.db"));
+            Arc::new(
+                FileStore::open(&path, idle, limits)
+                    .map_err(|e| StartError::Config(e.to_string()))?,
+            )
+        }
     })
 }
 

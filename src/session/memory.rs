@@ -141,7 +141,7 @@ impl SessionStore for MemoryStore {
         let deadline = now + ttl;
         let expires_at = SystemTime::now() + ttl;
         let limits = self.shared.limits;
-        let mut evicted = 0;
+        let mut evicted = Vec::new();
         let notify = {
             let mut state = self.shared.lock();
             // The user's oldest sessions make room first; they count toward the total too.
@@ -155,7 +155,7 @@ impl SessionStore for MemoryStore {
                     .get(&info.user)
                     .and_then(|l| l.front().copied());
                 match oldest {
-                    Some(h) if state.remove(&h).is_some() => evicted += 1,
+                    Some(h) if state.remove(&h).is_some() => evicted.push(h),
                     Some(h) => {
                         if let Some(l) = state.by_user.get_mut(&info.user) {
                             l.retain(|x| *x != h);
@@ -257,6 +257,13 @@ impl SessionStore for MemoryStore {
     }
 
     fn revoke_where(&self, which: &Revoke) -> usize {
+        self.revoke_hashes(which).len()
+    }
+}
+
+impl MemoryStore {
+    /// End the sessions `which` names; their hashes (for a store that mirrors them).
+    pub fn revoke_hashes(&self, which: &Revoke) -> Vec<TokenHash> {
         let mut state = self.shared.lock();
         let doomed: Vec<TokenHash> = match which {
             Revoke::User(u) => state
@@ -272,7 +279,45 @@ impl SessionStore for MemoryStore {
                 .collect(),
             Revoke::All => state.entries.keys().copied().collect(),
         };
-        doomed.iter().filter(|h| state.remove(h).is_some()).count()
+        doomed
+            .into_iter()
+            .filter(|h| state.remove(h).is_some())
+            .collect()
+    }
+
+    /// Put back a session read from a durable store at startup, with its own hash and
+    /// expiry; `false` if it has already expired. Limits are not applied: these
+    /// sessions were within them when they were made.
+    pub fn restore(&self, hash: TokenHash, info: Arc<SessionInfo>, expires_at: SystemTime) -> bool {
+        let Ok(left) = expires_at.duration_since(SystemTime::now()) else {
+            return false;
+        };
+        let now = Instant::now();
+        let deadline = now + left;
+        let notify = {
+            let mut state = self.shared.lock();
+            let earliest = state.expirations.first().map(|(w, _)| *w);
+            state.expirations.insert((deadline, hash));
+            state
+                .by_user
+                .entry(info.user.clone())
+                .or_default()
+                .push_back(hash);
+            state.entries.insert(
+                hash,
+                Entry {
+                    info,
+                    expires_at,
+                    deadline,
+                    last_used: now,
+                },
+            );
+            earliest.is_none_or(|e| deadline < e)
+        };
+        if notify {
+            self.shared.wake.notify_one();
+        }
+        true
     }
 }
 
@@ -350,9 +395,9 @@ mod tests {
         );
         let ttl = Duration::from_secs(60);
         let first: Vec<_> = (0..3).map(|_| store.create(info(), ttl).unwrap()).collect();
-        assert!(first.iter().all(|c| c.evicted == 0));
+        assert!(first.iter().all(|c| c.evicted.is_empty()));
         let fourth = store.create(info(), ttl).unwrap();
-        assert_eq!(fourth.evicted, 1);
+        assert_eq!(fourth.evicted, vec![first[0].token.hash]);
         assert!(store.get(&first[0].token.hash).is_none(), "the oldest went");
         assert!(store.get(&first[1].token.hash).is_some());
         assert_eq!(store.len(), 3);

@@ -4,6 +4,7 @@
 //! The store is a trait so a persistent or shared (Redis) store can replace the
 //! in-memory one without touching the routes (SPEC §9).
 
+pub mod file;
 pub mod memory;
 pub mod token;
 
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::auth::Mechanism;
 
+pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use token::{Token, TokenHash};
 
@@ -98,7 +100,8 @@ impl Default for SessionLimits {
 pub struct Created {
     pub token: Token,
     pub session: Session,
-    pub evicted: usize,
+    /// The user's oldest sessions revoked to make room (their hashes).
+    pub evicted: Vec<TokenHash>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

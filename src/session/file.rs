@@ -1,0 +1,429 @@
+//! The `file` session store (SPEC §10): sessions that survive a restart and `kill -9`.
+//!
+//! Reads never touch the disk: every live session is also in a [`MemoryStore`], which
+//! answers `GET /v1/session` at the memory store's speed. The file is redb, an
+//! embedded copy-on-write B-tree with crash-safe commits (no WAL to replay, no
+//! separate process). Chosen over SQLite because it is pure Rust (no second C
+//! library to audit next to PAM and GSSAPI), its file lock refuses a second daemon on
+//! the same file by itself, and a torn or corrupt file is reported on open instead of
+//! being silently reset.
+//!
+//! Durability follows SPEC §10: a logout (or an operator's revoke) is committed
+//! before the store returns, so before the 204; new logins are collected and
+//! committed together at most [`BATCH`] later, so a crash loses at most that much
+//! (the client just logs in again). Only the token's SHA-256 is stored, never the
+//! token. Idle deadlines are not written: after a restart a session's idle clock
+//! starts again at the restart.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Created, MemoryStore, Revoke, Session, SessionError, SessionInfo, SessionLimits, SessionRecord,
+    SessionStore, TokenHash,
+};
+use crate::auth::Mechanism;
+
+/// token SHA-256 → the session as JSON.
+const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
+
+/// How long a new login may wait before it is on disk.
+pub const BATCH: Duration = Duration::from_millis(100);
+/// How often expired sessions are deleted from the file.
+const SWEEP: Duration = Duration::from_secs(60);
+
+/// Why the store could not be opened: a startup error that names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileStoreError {
+    #[error(
+        "session store {0}: the file is in use by another process (another portcullis daemon?); give each daemon its own security.session_store_path, or use security.session_store=redis to share sessions"
+    )]
+    InUse(PathBuf),
+    #[error(
+        "session store {0}: {1}; the file is unreadable or corrupt — move it away to start with no sessions (nothing was changed)"
+    )]
+    Unreadable(PathBuf, String),
+}
+
+/// One session on disk.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    user: String,
+    mechanism: String,
+    groups: Vec<String>,
+    labels: Vec<String>,
+    created: u64,
+    expires: u64,
+    peer: Option<IpAddr>,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+impl Stored {
+    fn new(info: &SessionInfo, expires_at: SystemTime) -> Stored {
+        let strings = |v: &[Arc<str>]| v.iter().map(|s| s.to_string()).collect();
+        Stored {
+            user: info.user.to_string(),
+            mechanism: info.mechanism.as_str().to_string(),
+            groups: strings(&info.groups),
+            labels: strings(&info.labels),
+            created: unix(info.created_at),
+            expires: unix(expires_at),
+            peer: info.peer,
+        }
+    }
+
+    fn into_session(self) -> Option<(Arc<SessionInfo>, SystemTime)> {
+        let arcs = |v: Vec<String>| v.iter().map(|s| Arc::from(s.as_str())).collect();
+        let info = SessionInfo {
+            user: Arc::from(self.user.as_str()),
+            mechanism: Mechanism::parse(&self.mechanism)?,
+            groups: arcs(self.groups),
+            labels: arcs(self.labels),
+            created_at: UNIX_EPOCH + Duration::from_secs(self.created),
+            peer: self.peer,
+        };
+        Some((
+            Arc::new(info),
+            UNIX_EPOCH + Duration::from_secs(self.expires),
+        ))
+    }
+}
+
+struct Shared {
+    db: Database,
+    path: PathBuf,
+    /// New sessions not yet committed.
+    pending: Mutex<Vec<(TokenHash, Vec<u8>)>>,
+}
+
+pub struct FileStore {
+    memory: MemoryStore,
+    shared: Arc<Shared>,
+    /// Wakes the batch writer (new logins, or the store closing).
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl FileStore {
+    /// Open (or create) the file and load its live sessions; must be called inside a
+    /// tokio runtime (it starts the batch writer).
+    pub fn open(
+        path: &Path,
+        idle_timeout: Option<Duration>,
+        limits: SessionLimits,
+    ) -> Result<FileStore, FileStoreError> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => FileStoreError::InUse(path.into()),
+            e => FileStoreError::Unreadable(path.into(), e.to_string()),
+        })?;
+        restrict(path);
+        let memory = MemoryStore::with_limits(idle_timeout, limits);
+        let loaded = load(&db, &memory).map_err(|e| FileStoreError::Unreadable(path.into(), e))?;
+        tracing::info!(path = %path.display(), sessions = loaded, "session store loaded");
+        let shared = Arc::new(Shared {
+            db,
+            path: path.into(),
+            pending: Mutex::new(Vec::new()),
+        });
+        let wake = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(write_batches(Arc::downgrade(&shared), wake.clone()));
+        Ok(FileStore {
+            memory,
+            shared,
+            wake,
+        })
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<(TokenHash, Vec<u8>)>> {
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Delete sessions from the file now (durably), dropping any unwritten copy first.
+    fn delete_now(&self, hashes: &[TokenHash]) {
+        if hashes.is_empty() {
+            return;
+        }
+        self.pending().retain(|(h, _)| !hashes.contains(h));
+        let shared = self.shared.clone();
+        let hashes = hashes.to_vec();
+        // A commit waits for the disk; let the runtime move other work off this thread.
+        let result = tokio::task::block_in_place(move || delete(&shared.db, &hashes));
+        if let Err(e) = result {
+            tracing::error!(path = %self.shared.path.display(), error = %e, "could not write a logout to the session store");
+        }
+    }
+}
+
+/// The file holds session hashes and groups: owner only.
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+/// Put every live session of the file into `memory`; expired ones are deleted.
+fn load(db: &Database, memory: &MemoryStore) -> Result<usize, String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let mut expired = Vec::new();
+    let mut loaded = 0;
+    match txn.open_table(SESSIONS) {
+        Ok(table) => {
+            for row in table.iter().map_err(|e| e.to_string())? {
+                let (k, v) = row.map_err(|e| e.to_string())?;
+                let key: [u8; 32] = k
+                    .value()
+                    .try_into()
+                    .map_err(|_| "a session key is not 32 bytes".to_string())?;
+                let stored: Stored = serde_json::from_slice(v.value())
+                    .map_err(|e| format!("a session record is not readable: {e}"))?;
+                let (info, expires_at) = stored
+                    .into_session()
+                    .ok_or_else(|| "a session record names an unknown mechanism".to_string())?;
+                if memory.restore(TokenHash(key), info, expires_at) {
+                    loaded += 1;
+                } else {
+                    expired.push(TokenHash(key));
+                }
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    drop(txn);
+    delete(db, &expired)?;
+    Ok(loaded)
+}
+
+fn delete(db: &Database, hashes: &[TokenHash]) -> Result<(), String> {
+    if hashes.is_empty() {
+        return Ok(());
+    }
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut table = txn.open_table(SESSIONS).map_err(|e| e.to_string())?;
+        for h in hashes {
+            table.remove(h.0.as_slice()).map_err(|e| e.to_string())?;
+        }
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+fn insert(db: &Database, rows: &[(TokenHash, Vec<u8>)]) -> Result<(), String> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut table = txn.open_table(SESSIONS).map_err(|e| e.to_string())?;
+        for (h, v) in rows {
+            table
+                .insert(h.0.as_slice(), v.as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+/// Expired sessions still in the file (the memory store forgets them on its own).
+fn sweep(db: &Database) -> Result<usize, String> {
+    let now = unix(SystemTime::now());
+    let mut doomed = Vec::new();
+    {
+        let txn = db.begin_read().map_err(|e| e.to_string())?;
+        let table = match txn.open_table(SESSIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.to_string()),
+        };
+        for row in table.iter().map_err(|e| e.to_string())? {
+            let (k, v) = row.map_err(|e| e.to_string())?;
+            let expired = serde_json::from_slice::<Stored>(v.value())
+                .map(|s| s.expires <= now)
+                .unwrap_or(true);
+            if expired && let Ok(key) = <[u8; 32]>::try_from(k.value()) {
+                doomed.push(TokenHash(key));
+            }
+        }
+    }
+    delete(db, &doomed)?;
+    Ok(doomed.len())
+}
+
+impl Shared {
+    fn take_pending(&self) -> Vec<(TokenHash, Vec<u8>)> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.pending.lock().map(|p| p.is_empty()).unwrap_or(true)
+    }
+}
+
+/// Commit new logins in batches (at most [`BATCH`] after they were made), and sweep
+/// expired sessions from the file now and then. Holds the store only while writing,
+/// so dropping the [`FileStore`] closes the file.
+async fn write_batches(shared: std::sync::Weak<Shared>, wake: Arc<tokio::sync::Notify>) {
+    let mut last_sweep = tokio::time::Instant::now();
+    loop {
+        let waiting = shared.upgrade().is_some_and(|s| s.has_pending());
+        if !waiting {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(SWEEP) => {}
+            }
+        }
+        tokio::time::sleep(BATCH).await;
+        let Some(s) = shared.upgrade() else { return };
+        let rows = s.take_pending();
+        let sweep_due = last_sweep.elapsed() >= SWEEP;
+        if sweep_due {
+            last_sweep = tokio::time::Instant::now();
+        }
+        let worker = s.clone();
+        drop(s);
+        let done = tokio::task::spawn_blocking(move || {
+            let written = insert(&worker.db, &rows);
+            let swept = if sweep_due {
+                sweep(&worker.db).map(Some)
+            } else {
+                Ok(None)
+            };
+            (written, swept, worker.path.clone())
+        })
+        .await;
+        match done {
+            Ok((Err(e), _, path)) | Ok((_, Err(e), path)) => {
+                tracing::error!(path = %path.display(), error = %e, "could not write to the session store");
+            }
+            Ok((Ok(()), Ok(Some(n)), _)) if n > 0 => {
+                tracing::debug!(swept = n, "expired sessions removed from the store file");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "the session store writer failed"),
+        }
+    }
+}
+
+/// At shutdown, logins not yet written are written now.
+impl Drop for FileStore {
+    fn drop(&mut self) {
+        let rows = self.shared.take_pending();
+        if let Err(e) = insert(&self.shared.db, &rows) {
+            tracing::error!(path = %self.shared.path.display(), error = %e, "could not write the last logins to the session store");
+        }
+        self.wake.notify_one();
+    }
+}
+
+impl SessionStore for FileStore {
+    fn create(&self, info: Arc<SessionInfo>, ttl: Duration) -> Result<Created, SessionError> {
+        let created = self.memory.create(info, ttl)?;
+        let row = serde_json::to_vec(&Stored::new(
+            &created.session.info,
+            created.session.expires_at,
+        ))
+        .expect("a session serialises");
+        self.pending().push((created.token.hash, row));
+        self.wake.notify_one();
+        // The user's oldest sessions made room: they end on disk too.
+        self.delete_now(&created.evicted);
+        Ok(created)
+    }
+
+    fn get(&self, hash: &TokenHash) -> Option<Session> {
+        self.memory.get(hash)
+    }
+
+    fn revoke(&self, hash: &TokenHash) -> bool {
+        let revoked = self.memory.revoke(hash);
+        // Durable before the caller answers 204, even if memory no longer had it.
+        self.delete_now(&[*hash]);
+        revoked
+    }
+
+    fn len(&self) -> usize {
+        self.memory.len()
+    }
+
+    fn list(&self, user: Option<&str>) -> Vec<SessionRecord> {
+        self.memory.list(user)
+    }
+
+    fn revoke_where(&self, which: &Revoke) -> usize {
+        let hashes = self.memory.revoke_hashes(which);
+        self.delete_now(&hashes);
+        hashes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(user: &str) -> Arc<SessionInfo> {
+        Arc::new(SessionInfo {
+            user: user.into(),
+            mechanism: Mechanism::Password,
+            groups: vec![Arc::from(user), Arc::from("analysts")].into(),
+            labels: vec![Arc::from("apple")].into(),
+            created_at: SystemTime::now(),
+            peer: Some("127.0.0.1".parse().unwrap()),
+        })
+    }
+
+    fn open(path: &Path) -> Result<FileStore, FileStoreError> {
+        FileStore::open(path, None, SessionLimits::default())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_survive_a_reopen_and_logouts_stay_logouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.db");
+        let (kept, gone) = {
+            let store = open(&path).unwrap();
+            let kept = store
+                .create(info("alice"), Duration::from_secs(60))
+                .unwrap();
+            let gone = store.create(info("bob"), Duration::from_secs(60)).unwrap();
+            tokio::time::sleep(BATCH * 3).await;
+            assert!(store.revoke(&gone.token.hash));
+            (kept.token.hash, gone.token.hash)
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let store = open(&path).unwrap();
+        let s = store.get(&kept).expect("kept across the reopen");
+        assert_eq!(s.info.user.as_ref(), "alice");
+        assert_eq!(s.info.labels.len(), 1);
+        assert!(store.get(&gone).is_none(), "a logout stays a logout");
+        assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_open_of_the_same_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.db");
+        let _first = open(&path).unwrap();
+        let err = open(&path).err().expect("refused");
+        assert!(matches!(err, FileStoreError::InUse(_)), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_file_is_an_error_naming_it_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = open(&path).err().expect("refused");
+        assert!(matches!(err, FileStoreError::Unreadable(..)), "{err}");
+        assert!(err.to_string().contains("sessions.db"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), vec![0x5a; 8192], "untouched");
+    }
+}
