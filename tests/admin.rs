@@ -371,3 +371,63 @@ async fn status_shows_listeners_sessions_dates_and_the_last_reload() {
         .unwrap();
     assert_eq!(o.status.code(), Some(3), "{o:?}");
 }
+
+/// One raw exchange on the socket: what the daemon answered (one line), if anything.
+fn raw(path: &Path, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let _ = s.write_all(request);
+    // The end of the request, for one without its newline.
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[tokio::test]
+async fn the_protocol_is_bounded_in_size_and_time_and_refuses_what_it_does_not_know() {
+    let dir = tempdir();
+    let d = start(dir.path(), &[]);
+    let sock = socket(&d);
+    let answer = |req: &[u8]| -> Value {
+        let line = raw(&sock, req);
+        assert_eq!(line.lines().count(), 1, "one answer line: {line:?}");
+        serde_json::from_str(&line).unwrap()
+    };
+
+    let big = vec![b'x'; 70 * 1024];
+    let v = answer(&big);
+    assert_eq!(v["code"], "bad_request", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("65536 bytes"), "{v}");
+    assert_eq!(answer(b"not json\n")["code"], "bad_request");
+    assert_eq!(answer(b"[1,2]\n")["code"], "bad_request");
+    let v = answer(b"{\"command\":\"shutdown\"}\n");
+    assert!(
+        v["error"].as_str().unwrap().contains("unknown command"),
+        "{v}"
+    );
+    let v = answer(b"{\"command\":\"revoke\",\"user\":\"a\",\"all\":true}\n");
+    assert_eq!(v["code"], "bad_request", "{v}");
+    // A request that ends (EOF) without its newline is still one request.
+    assert_eq!(answer(b"{\"command\":\"status\"}")["ok"], true);
+
+    // A client that says nothing is dropped after 5 s, not kept.
+    use std::io::Read;
+    let mut silent = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = silent.read_to_end(&mut buf);
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(4) && waited < std::time::Duration::from_secs(10),
+        "{waited:?}"
+    );
+    assert!(buf.is_empty(), "{buf:?}");
+    // And the daemon still answers.
+    assert_eq!(answer(b"{\"command\":\"status\"}\n")["ok"], true);
+}
