@@ -50,3 +50,27 @@ pub fn refused_request(peer: SocketAddr, path: &str, code: &str) {
         reason = code,
     );
 }
+
+/// A connection to the operator socket from a uid that may not use it.
+pub fn admin_rejected(uid: u32) {
+    tracing::info!(
+        target: TARGET,
+        event = "admin",
+        uid,
+        result = "rejected",
+        reason = "uid_not_allowed",
+    );
+}
+
+/// Sessions an operator ended through the operator socket.
+pub fn admin_revoke(uid: u32, which: &str, count: usize) {
+    tracing::info!(
+        target: TARGET,
+        event = "admin",
+        command = "revoke",
+        uid,
+        which = %crate::logsafe::Untrusted(which),
+        result = "success",
+        count,
+    );
+}

@@ -48,7 +48,21 @@ impl Directory {
     }
 
     pub async fn lookup(&self, user: &str) -> Result<Arc<Account>, DirectoryError> {
-        if !self.ttl.is_zero() {
+        self.lookup_inner(user, true).await
+    }
+
+    /// Ask NSS now, whatever the cache holds (and refresh the cache): for the
+    /// operator's `admin explain`, which must show what a login would see next.
+    pub async fn lookup_fresh(&self, user: &str) -> Result<Arc<Account>, DirectoryError> {
+        self.lookup_inner(user, false).await
+    }
+
+    async fn lookup_inner(
+        &self,
+        user: &str,
+        use_cache: bool,
+    ) -> Result<Arc<Account>, DirectoryError> {
+        if use_cache && !self.ttl.is_zero() {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((at, acct)) = cache.get(user)
                 && at.elapsed() < self.ttl

@@ -16,6 +16,24 @@ pub struct LabelError(pub Vec<String>);
 pub struct LabelMap {
     defaults: Vec<Arc<str>>,
     by_group: HashMap<String, Vec<Arc<str>>>,
+    /// Per group, each label with every `file:line` that grants it, for
+    /// `portcullis admin explain` only: the login path reads `by_group`.
+    granted_by: HashMap<String, Vec<Grant>>,
+}
+
+/// A label and the `file:line` places that grant it to one group.
+type Grant = (Arc<str>, Vec<Arc<str>>);
+
+/// Where a label comes from, as `admin explain` shows it.
+pub const DEFAULTS_SOURCE: &str = "security.default_labels";
+
+/// One label a user would get and every place that grants it (`file:line`, or
+/// [`DEFAULTS_SOURCE`]), each with the group it came through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelSource {
+    pub label: Arc<str>,
+    /// `(group, "file:line")`; the group is empty for [`DEFAULTS_SOURCE`].
+    pub granted_by: Vec<(String, String)>,
 }
 
 /// Labels travel in JSON, HTTP headers and CSV, so keep them to a safe alphabet.
@@ -51,17 +69,32 @@ fn grouplabel_rows(name: &str, text: &str) -> Vec<Result<(u64, Vec<String>), Str
         .comment(Some(b'#'))
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
+    // The csv reader reports where it began reading a record, comment and blank
+    // lines before it included; the line an operator wants is the record's own.
+    let lines: Vec<&str> = text.lines().collect();
+    let own_line = |pos: Option<&csv::Position>| {
+        let mut line = pos.map_or(0, csv::Position::line);
+        while line >= 1
+            && (line as usize) < lines.len()
+            && lines
+                .get(line as usize - 1)
+                .is_some_and(|l| l.trim().is_empty() || l.starts_with('#'))
+        {
+            line += 1;
+        }
+        line
+    };
     reader
         .records()
         .map(|r| match r {
-            Ok(rec) => {
-                let line = rec.position().map_or(0, csv::Position::line);
-                Ok((line, rec.iter().map(str::to_string).collect()))
-            }
-            Err(e) => {
-                let line = e.position().map_or(0, csv::Position::line);
-                Err(format!("{name}:{line}: not valid CSV ({e})"))
-            }
+            Ok(rec) => Ok((
+                own_line(rec.position()),
+                rec.iter().map(str::to_string).collect(),
+            )),
+            Err(e) => Err(format!(
+                "{name}:{}: not valid CSV ({e})",
+                own_line(e.position())
+            )),
         })
         .collect()
 }
@@ -121,6 +154,8 @@ impl LabelMap {
                 .clone()
         };
         let mut by_group: HashMap<String, Vec<Arc<str>>> = HashMap::new();
+        let mut granted_by: HashMap<String, Vec<Grant>> = HashMap::new();
+        let mut places: HashMap<String, Arc<str>> = HashMap::new();
         if let Some((name, text)) = grouplabelfile {
             for row in grouplabel_rows(&name, text) {
                 let (n, fields) = match row {
@@ -159,7 +194,18 @@ impl LabelMap {
                         let entry = by_group.entry(group.to_string()).or_default();
                         let l = intern(l);
                         if !entry.contains(&l) {
-                            entry.push(l);
+                            entry.push(l.clone());
+                        }
+                        let place = format!("{name}:{n}");
+                        let place = places
+                            .entry(place.clone())
+                            .or_insert_with(|| Arc::from(place))
+                            .clone();
+                        let sources = granted_by.entry(group.to_string()).or_default();
+                        match sources.iter_mut().find(|(label, _)| *label == l) {
+                            Some((_, at)) if !at.contains(&place) => at.push(place),
+                            Some(_) => {}
+                            None => sources.push((l, vec![place])),
                         }
                     }
                 }
@@ -179,6 +225,7 @@ impl LabelMap {
             Ok(LabelMap {
                 defaults: default_set,
                 by_group,
+                granted_by,
             })
         } else {
             Err(LabelError(errors))
@@ -194,6 +241,29 @@ impl LabelMap {
             }
         }
         out.into_iter().cloned().collect()
+    }
+
+    /// [`LabelMap::labels_for`] with, for each label, the file lines (or
+    /// `security.default_labels`) that grant it. For the operator, not for logins.
+    pub fn explain<S: AsRef<str>>(&self, groups: &[S]) -> Vec<LabelSource> {
+        let mut out: std::collections::BTreeMap<Arc<str>, Vec<(String, String)>> =
+            std::collections::BTreeMap::new();
+        for l in &self.defaults {
+            out.entry(l.clone())
+                .or_default()
+                .push((String::new(), DEFAULTS_SOURCE.to_string()));
+        }
+        for g in groups {
+            for (l, places) in self.granted_by.get(g.as_ref()).into_iter().flatten() {
+                let entry = out.entry(l.clone()).or_default();
+                for p in places {
+                    entry.push((g.as_ref().to_string(), p.to_string()));
+                }
+            }
+        }
+        out.into_iter()
+            .map(|(label, granted_by)| LabelSource { label, granted_by })
+            .collect()
     }
 }
 
@@ -229,7 +299,7 @@ mod tests {
             Some(("l.csv".into(), "apple\nbad label\n")),
             Some((
                 "gl.csv".into(),
-                "analysts,apple\nops,pear\nlonely\n,apple\n",
+                "# a comment\nanalysts,apple\n\nops,pear\nlonely\n,apple\n",
             )),
             &["kiwi".into()],
         )
@@ -237,11 +307,11 @@ mod tests {
         let all = err.0.join("\n");
         assert!(all.contains("l.csv:2: label \"bad label\""), "{all}");
         assert!(
-            all.contains("gl.csv:2: label \"pear\" is not defined"),
+            all.contains("gl.csv:4: label \"pear\" is not defined"),
             "{all}"
         );
-        assert!(all.contains("gl.csv:3: expected group,label"), "{all}");
-        assert!(all.contains("gl.csv:4: \"\" is not a group name"), "{all}");
+        assert!(all.contains("gl.csv:5: expected group,label"), "{all}");
+        assert!(all.contains("gl.csv:6: \"\" is not a group name"), "{all}");
         assert!(all.contains("default_labels: label \"kiwi\""), "{all}");
     }
 
@@ -281,6 +351,51 @@ mod tests {
                 .contains("gl.csv:2: a quoted field must begin"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn explain_names_the_file_and_line_of_each_label() {
+        let m = LabelMap::parse(
+            None,
+            Some((
+                "gl.csv".into(),
+                "# comment\nanalysts,banana,apple\n\nops,cherry,apple\nanalysts,apple\n",
+            )),
+            &["public".into()],
+        )
+        .unwrap();
+        let e = m.explain(&["analysts", "ops", "nobody"]);
+        let shown: Vec<(String, Vec<String>)> = e
+            .iter()
+            .map(|s| {
+                (
+                    s.label.to_string(),
+                    s.granted_by
+                        .iter()
+                        .map(|(g, p)| format!("{g}@{p}"))
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (
+                    "apple".into(),
+                    vec![
+                        "analysts@gl.csv:2".into(),
+                        "analysts@gl.csv:5".into(),
+                        "ops@gl.csv:4".into()
+                    ]
+                ),
+                ("banana".into(), vec!["analysts@gl.csv:2".into()]),
+                ("cherry".into(), vec!["ops@gl.csv:4".into()]),
+                ("public".into(), vec!["@security.default_labels".into()]),
+            ]
+        );
+        // The same labels a login gets, in the same order.
+        let labels: Vec<Arc<str>> = e.into_iter().map(|s| s.label).collect();
+        assert_eq!(labels, m.labels_for(&["analysts", "ops", "nobody"]));
     }
 
     #[test]

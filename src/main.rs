@@ -8,6 +8,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::run(args, sources),
         Command::CheckConfig(args) => cli::check_config::run(args, sources),
         Command::DevCerts(args) => cli::dev_certs::run(args),
+        Command::Admin(args) => cli::admin::run(args, sources),
         Command::Login(_) | Command::Whoami(_) | Command::Logout(_) => {
             let runtime = match cli::runtime(tokio::runtime::Builder::new_current_thread()) {
                 Ok(r) => r,

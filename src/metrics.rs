@@ -147,6 +147,21 @@ impl Metrics {
             .dec();
     }
 
+    /// Slots in use now in each blocking pool, for `portcullis admin status`.
+    pub fn blocking_in_use(&self) -> Vec<(&'static str, i64)> {
+        ["pam", "nss", "gssapi"]
+            .into_iter()
+            .map(|pool| {
+                (
+                    pool,
+                    self.blocking_in_use
+                        .get_or_create(&PoolLabels { pool })
+                        .get(),
+                )
+            })
+            .collect()
+    }
+
     pub fn blocking_slow(&self, pool: &'static str) {
         self.blocking_slow.get_or_create(&PoolLabels { pool }).inc();
     }

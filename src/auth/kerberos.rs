@@ -111,37 +111,47 @@ impl KerberosAuthenticator {
 
     /// `user@REALM` → `user`, only for the configured realms (SPEC §5).
     fn local_user(&self, principal: &str) -> Result<String, AuthError> {
-        let denied = |reason, message: String| AuthError::AccountUnavailable { reason, message };
-        let Some((name, realm)) = principal.rsplit_once('@') else {
-            return Err(denied(
-                "principal_without_realm",
-                format!("\"{principal}\" has no realm"),
-            ));
-        };
-        if !self.realms.iter().any(|r| r == realm) {
-            return Err(denied(
-                "realm_not_allowed",
-                format!("principals of realm {realm} may not log in here (security.krb_realms)"),
-            ));
-        }
-        let user = match name.split_once('/') {
-            None => name,
-            Some((first, _)) if self.allow_instances => first,
-            Some(_) => {
-                return Err(denied(
-                    "instance_principal",
-                    format!("\"{principal}\" is an instance principal; only user@REALM may log in"),
-                ));
-            }
-        };
-        if !valid_username(user) {
-            return Err(denied(
-                "bad_principal",
-                format!("\"{principal}\" does not name a valid local user"),
-            ));
-        }
-        Ok(user.to_string())
+        local_user(principal, &self.realms, self.allow_instances)
     }
+}
+
+/// `user@REALM` → `user` when `REALM` is one of `realms` (SPEC §5); also what
+/// `portcullis admin explain user@REALM` runs.
+pub fn local_user(
+    principal: &str,
+    realms: &[String],
+    allow_instances: bool,
+) -> Result<String, AuthError> {
+    let denied = |reason, message: String| AuthError::AccountUnavailable { reason, message };
+    let Some((name, realm)) = principal.rsplit_once('@') else {
+        return Err(denied(
+            "principal_without_realm",
+            format!("\"{principal}\" has no realm"),
+        ));
+    };
+    if !realms.iter().any(|r| r == realm) {
+        return Err(denied(
+            "realm_not_allowed",
+            format!("principals of realm {realm} may not log in here (security.krb_realms)"),
+        ));
+    }
+    let user = match name.split_once('/') {
+        None => name,
+        Some((first, _)) if allow_instances => first,
+        Some(_) => {
+            return Err(denied(
+                "instance_principal",
+                format!("\"{principal}\" is an instance principal; only user@REALM may log in"),
+            ));
+        }
+    };
+    if !valid_username(user) {
+        return Err(denied(
+            "bad_principal",
+            format!("\"{principal}\" does not name a valid local user"),
+        ));
+    }
+    Ok(user.to_string())
 }
 
 fn accept_token(token: &[u8]) -> Result<Accepted, AuthError> {

@@ -4,6 +4,7 @@
 //! Exit codes: 0 ok, 1 authentication refused, 2 usage or configuration error,
 //! 3 server unreachable or unavailable.
 
+pub mod admin;
 pub mod check_config;
 pub mod client;
 pub mod dev_certs;
@@ -54,6 +55,8 @@ pub enum Command {
     Logout(ClientArgs),
     /// Make a dev CA, a localhost server certificate and UID=<name> client certificates
     DevCerts(DevCertsArgs),
+    /// The operator socket: sessions, revoke, explain, status (root or the daemon's user)
+    Admin(admin::AdminArgs),
 }
 
 #[derive(Args)]
@@ -175,6 +178,10 @@ pub fn parse() -> (Cli, Vec<Source>) {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let sources = match matches.subcommand() {
         Some(("serve" | "check-config", sub)) => sources(sub),
+        Some(("admin", sub)) => sub
+            .subcommand()
+            .map(|(_, leaf)| sources(leaf))
+            .unwrap_or_default(),
         _ => Vec::new(),
     };
     (cli, sources)

@@ -1,6 +1,7 @@
 //! The daemon: wires the configuration into the pipeline, binds the listeners,
 //! handles SIGHUP (reload) and SIGTERM (drain), and tells systemd when it is ready.
 
+pub mod admin;
 pub mod body;
 pub mod credentials;
 pub mod listener;
@@ -9,7 +10,8 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls_pki_types::CertificateDer;
@@ -67,6 +69,17 @@ pub struct AppState {
     pub tls: Option<ArcSwap<tls::TlsSetup>>,
     /// `WWW-Authenticate` values for a login 401.
     pub login_challenges: Vec<String>,
+    /// The last SIGHUP and what came of it, for `portcullis admin status`.
+    pub last_reload: Mutex<Option<ReloadRecord>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReloadRecord {
+    pub at: SystemTime,
+    /// `ok`, or `failed` when any part kept its previous version.
+    pub result: &'static str,
+    /// What was reloaded and what failed, one entry each.
+    pub detail: Vec<String>,
 }
 
 /// A startup problem: exit 2 for configuration and files, 1 for the rest.
@@ -217,6 +230,7 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
         config: Arc::new(config),
         pipeline,
         tls,
+        last_reload: Mutex::new(None),
     })
 }
 
@@ -255,14 +269,19 @@ fn load_labels(config: &Config) -> Result<LabelMap, String> {
 
 /// SIGHUP: re-read certificates, CRLs and label files; keep the old on any error.
 fn reload(state: &AppState) {
+    let mut detail = Vec::new();
+    let mut failed = false;
     if let Some(current) = &state.tls {
         match tls::load(&state.config.ssl) {
             Ok(c) => {
                 current.store(Arc::new(c));
                 tracing::info!("reloaded TLS certificates and CRLs");
+                detail.push("TLS certificates and CRLs reloaded".to_string());
             }
             Err(e) => {
-                tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates")
+                tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates");
+                failed = true;
+                detail.push(format!("TLS reload failed (previous kept): {e}"));
             }
         }
     }
@@ -270,9 +289,19 @@ fn reload(state: &AppState) {
         Ok(l) => {
             state.pipeline.labels.store(Arc::new(l));
             tracing::info!("reloaded label files");
+            detail.push("label files reloaded".to_string());
         }
-        Err(e) => tracing::error!(error = %e, "label reload failed; keeping the previous labels"),
+        Err(e) => {
+            tracing::error!(error = %e, "label reload failed; keeping the previous labels");
+            failed = true;
+            detail.push(format!("label reload failed (previous kept): {e}"));
+        }
     }
+    *state.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReloadRecord {
+        at: SystemTime::now(),
+        result: if failed { "failed" } else { "ok" },
+        detail,
+    });
 }
 
 /// Run until SIGTERM; `on_ready` sees the bound addresses (a port 0 resolved).
@@ -291,6 +320,8 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> Result
         signal(SignalKind::interrupt()).map_err(|e| StartError::Runtime(e.to_string()))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Runtime(e.to_string()))?;
     let state = Arc::new(build_state(config)?);
+    let admin_path = admin::socket_path(&state.config.system.state_dir);
+    let admin_listener = admin::bind(&admin_path).map_err(StartError::Runtime)?;
     let scheme = if state.tls.is_some() { "https" } else { "http" };
     let bound: Vec<SocketAddr> = listeners
         .iter()
@@ -306,6 +337,13 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> Result
         tracing::info!(%addr, "listening");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin = Arc::new(admin::Admin {
+        state: state.clone(),
+        listening: bound.iter().map(|a| format!("{scheme}://{a}")).collect(),
+        started: SystemTime::now(),
+    });
+    let admin_task = tokio::spawn(admin::serve(admin, admin_listener, stop_rx.clone()));
+    tracing::info!(path = %admin_path.display(), "operator socket ready");
     let server = tokio::spawn(listener::serve(state.clone(), listeners, stop_rx));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     loop {
@@ -318,6 +356,8 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> Result
     tracing::info!("shutting down: no new connections, draining requests in flight");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
+    let _ = admin_task.await;
+    let _ = std::fs::remove_file(&admin_path);
     let _ = server.await;
     tracing::info!("stopped");
     Ok(())

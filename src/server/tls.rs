@@ -41,9 +41,31 @@ pub struct TlsSetup {
     /// `None` without client authentication.
     pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     crls: Vec<CrlInfo>,
+    /// What `portcullis admin status` shows: the dates these files carry.
+    pub dates: TlsDates,
     /// When the last "CRL expired" error was logged (Unix seconds), so a stream of
     /// refused logins logs it once a minute rather than per request.
     crl_expired_logged: AtomicU64,
+}
+
+/// Expiry dates of the loaded files (Unix seconds), for `portcullis admin status`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsDates {
+    /// notAfter of the server certificate (the leaf of `ssl.cert_file`).
+    pub server_not_after: Option<u64>,
+    /// Subject and notAfter of each certificate in `ssl.client_ca_file`.
+    pub client_ca_not_after: Vec<(String, u64)>,
+    /// File, issuer and nextUpdate of each loaded CRL.
+    pub crl_next_update: Vec<(String, String, Option<u64>)>,
+}
+
+fn not_after(der: &CertificateDer<'_>) -> Option<(String, u64)> {
+    X509Certificate::from_der(der).ok().map(|(_, c)| {
+        (
+            crate::logsafe::clean(&c.subject().to_string()),
+            c.validity().not_after.timestamp().max(0) as u64,
+        )
+    })
 }
 
 /// A loaded CRL, kept so the log can name the one that expired.
@@ -346,6 +368,10 @@ pub fn load(ssl: &Ssl) -> Result<TlsSetup, TlsError> {
         ]));
     };
     let chain = read_certs(cert_file, "certificate file", &mut errors);
+    let mut dates = TlsDates {
+        server_not_after: chain.first().and_then(not_after).map(|(_, t)| t),
+        ..TlsDates::default()
+    };
     let key = match PrivateKeyDer::from_pem_file(key_file) {
         Ok(k) => Some(k),
         Err(e) => {
@@ -360,6 +386,7 @@ pub fn load(ssl: &Ssl) -> Result<TlsSetup, TlsError> {
             let mut roots = rustls::RootCertStore::empty();
             for c in read_certs(ca, "client CA file", &mut errors) {
                 check_is_ca(ca, &c, &mut errors);
+                dates.client_ca_not_after.extend(not_after(&c));
                 if let Err(e) = roots.add(c) {
                     errors.push(format!("client CA file {}: {e}", ca.display()));
                 }
@@ -425,9 +452,20 @@ pub fn load(ssl: &Ssl) -> Result<TlsSetup, TlsError> {
             )])
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    dates.crl_next_update = crl_infos
+        .iter()
+        .map(|c| {
+            (
+                c.path.display().to_string(),
+                c.issuer.clone(),
+                c.next_update,
+            )
+        })
+        .collect();
     Ok(TlsSetup {
         config: Arc::new(config),
         client_verifier: verifier,
+        dates,
         crls: crl_infos,
         crl_expired_logged: AtomicU64::new(0),
     })
