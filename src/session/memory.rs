@@ -39,6 +39,20 @@ struct State {
 }
 
 impl State {
+    /// Add a session to every index; whether it is now the earliest deadline (then
+    /// the purge task must be woken).
+    fn insert(&mut self, hash: TokenHash, entry: Entry) -> bool {
+        let earliest = self.expirations.first().map(|(w, _)| *w);
+        let deadline = entry.deadline;
+        self.expirations.insert((deadline, hash));
+        self.by_user
+            .entry(entry.info.user.clone())
+            .or_default()
+            .push_back(hash);
+        self.entries.insert(hash, entry);
+        earliest.is_none_or(|e| deadline < e)
+    }
+
     /// Remove a session from every index; its entry if it was there.
     fn remove(&mut self, hash: &TokenHash) -> Option<Entry> {
         let e = self.entries.remove(hash)?;
@@ -167,14 +181,7 @@ impl SessionStore for MemoryStore {
             if state.entries.len() >= limits.total {
                 return Err(SessionError::Full);
             }
-            state
-                .by_user
-                .entry(info.user.clone())
-                .or_default()
-                .push_back(token.hash);
-            let earliest = state.expirations.first().map(|(w, _)| *w);
-            state.expirations.insert((deadline, token.hash));
-            state.entries.insert(
+            state.insert(
                 token.hash,
                 Entry {
                     info: info.clone(),
@@ -182,8 +189,7 @@ impl SessionStore for MemoryStore {
                     deadline,
                     last_used: now,
                 },
-            );
-            earliest.is_none_or(|e| deadline < e)
+            )
         };
         if notify {
             self.shared.wake.notify_one();
@@ -294,26 +300,15 @@ impl MemoryStore {
         };
         let now = Instant::now();
         let deadline = now + left;
-        let notify = {
-            let mut state = self.shared.lock();
-            let earliest = state.expirations.first().map(|(w, _)| *w);
-            state.expirations.insert((deadline, hash));
-            state
-                .by_user
-                .entry(info.user.clone())
-                .or_default()
-                .push_back(hash);
-            state.entries.insert(
-                hash,
-                Entry {
-                    info,
-                    expires_at,
-                    deadline,
-                    last_used: now,
-                },
-            );
-            earliest.is_none_or(|e| deadline < e)
-        };
+        let notify = self.shared.lock().insert(
+            hash,
+            Entry {
+                info,
+                expires_at,
+                deadline,
+                last_used: now,
+            },
+        );
         if notify {
             self.shared.wake.notify_one();
         }
