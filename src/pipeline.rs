@@ -78,6 +78,13 @@ impl Pipeline {
         }
     }
 
+    /// A mechanism's own status for `admin status` (`null` if disabled or silent).
+    pub fn mechanism_status(&self, m: Mechanism) -> serde_json::Value {
+        self.authenticators
+            .get(&m)
+            .map_or(serde_json::Value::Null, |a| a.status())
+    }
+
     pub fn enabled(&self) -> &[Mechanism] {
         &self.enabled
     }

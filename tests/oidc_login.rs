@@ -777,3 +777,30 @@ fn plain_http_idp_endpoints_off_loopback_are_configuration_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn admin_status_reports_the_age_of_the_key_set() {
+    let dir = tempdir();
+    let idp = Idp::start(dir.path());
+    let d = daemon(dir.path(), &idp, "jwt", &[]);
+    let good = idp
+        .token("oidc-alice", &["pcanalysts"], Some(AUD), "RS256", 300)
+        .await;
+    assert_eq!(bearer(&d, &good).await.status, 200);
+    let out = std::process::Command::new(BIN)
+        .args(["admin", "status", "--json", "--socket"])
+        .arg(dir.path().join("admin.sock"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let age = v["jwks_age"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no jwks_age: {v}"));
+    assert!(age < 60, "{v}");
+    assert!(v["jwks_note"].as_str().unwrap().contains("fetched"), "{v}");
+}

@@ -253,6 +253,12 @@ pub trait Authenticator: Send + Sync {
         credentials: Credentials,
         ctx: &'a LoginContext,
     ) -> BoxFuture<'a, Result<Outcome, AuthError>>;
+
+    /// What the operator's `admin status` should know about this mechanism's
+    /// dependencies (e.g. the age of an IdP's key set); `null` when nothing.
+    fn status(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// A user name we are willing to hand to NSS or PAM: no NUL, no control characters,

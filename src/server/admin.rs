@@ -450,6 +450,17 @@ fn status(admin: &Admin) -> Value {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    let oidc = state.pipeline.mechanism_status(Mechanism::Oidc);
+    let jwks_age = oidc["jwks_age_s"].clone();
+    let jwks_note = if !state.pipeline.enabled().contains(&Mechanism::Oidc) {
+        "oidc not enabled".to_string()
+    } else if oidc["uses_jwks"] == Value::Bool(false) {
+        "this validation mode uses no JWKS".to_string()
+    } else if let Some(age) = jwks_age.as_u64() {
+        format!("key set fetched {age} s ago ({} keys)", oidc["keys"])
+    } else {
+        "no key set loaded yet (jwt validation answers 503 until the IdP is reached)".to_string()
+    };
     json!({
         "ok": true,
         "version": env!("CARGO_PKG_VERSION"),
@@ -460,8 +471,8 @@ fn status(admin: &Admin) -> Value {
         "pools_in_use": pools,
         "sessions": state.pipeline.sessions.len(),
         "tls": tls,
-        "jwks_age": Value::Null,
-        "jwks_note": if state.pipeline.enabled().contains(&Mechanism::Oidc) { "not reported yet" } else { "oidc not enabled" },
+        "jwks_age": jwks_age.clone(),
+        "jwks_note": jwks_note,
         "last_reload": reload.map(|r| json!({"at": rfc3339(r.at), "result": r.result, "detail": r.detail})),
     })
 }

@@ -148,6 +148,8 @@ struct Attempt {
 /// kids or an IdP outage cannot make the daemon hammer the IdP.
 pub struct Keys {
     current: ArcSwapOption<KeySet>,
+    /// When `current` was fetched, for the operator's `admin status`.
+    loaded_at: std::sync::Mutex<Option<Instant>>,
     /// The last fetch; the lock also makes concurrent callers wait for one fetch
     /// instead of each starting their own.
     last: tokio::sync::Mutex<Option<Attempt>>,
@@ -155,9 +157,18 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// How long ago the key set in use was fetched; `None` before the first one.
+    pub fn age(&self) -> Option<Duration> {
+        self.loaded_at
+            .lock()
+            .ok()
+            .and_then(|at| at.map(|t| t.elapsed()))
+    }
+
     pub fn new(refetch_interval: Duration) -> Self {
         Keys {
             current: ArcSwapOption::empty(),
+            loaded_at: std::sync::Mutex::new(None),
             last: tokio::sync::Mutex::new(None),
             refetch_interval,
         }
@@ -214,6 +225,9 @@ impl Keys {
         });
         let set = result?;
         self.current.store(Some(set.clone()));
+        if let Ok(mut at) = self.loaded_at.lock() {
+            *at = Some(Instant::now());
+        }
         Ok(set)
     }
 

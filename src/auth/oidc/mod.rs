@@ -261,6 +261,15 @@ impl Authenticator for OidcAuthenticator {
         Mechanism::Oidc
     }
 
+    fn status(&self) -> serde_json::Value {
+        let inner = &self.inner;
+        serde_json::json!({
+            "uses_jwks": inner.mode.uses_jwt(),
+            "jwks_age_s": inner.keys.age().map(|a| a.as_secs()),
+            "keys": inner.keys.current().map_or(0, |k| k.len()),
+        })
+    }
+
     fn authenticate<'a>(
         &'a self,
         credentials: Credentials,
