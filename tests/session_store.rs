@@ -118,3 +118,25 @@ async fn the_memory_store_forgets_on_restart() {
     assert_eq!(get_session(&d.client(None), &token).await.status, 401);
     assert!(!dir.path().join("sessions.db").exists());
 }
+
+#[tokio::test]
+async fn a_restart_does_not_make_an_idle_session_young_again() {
+    let dir = tempdir();
+    let idle = "security.session_idle_timeout=6";
+    let d = Daemon::start(dir.path(), &[idle]);
+    d.dev_certs(&["pcalice"]);
+    let idle_one = d.cert_session("pcalice").await;
+    let used_one = d.cert_session("pcalice").await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(get_session(&d.client(None), &used_one).await.status, 200);
+    // A clean stop writes the last uses.
+    assert!(d.stop().success());
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let d = Daemon::start(dir.path(), &[idle]);
+    let c = d.client(None);
+    // Over 6.5 s without use: past the idle timeout, restart or not (a restart that
+    // forgot the last use would have given it 6 s more).
+    assert_eq!(get_session(&c, &idle_one).await.status, 401);
+    // Used about 3.5 s ago: still alive.
+    assert_eq!(get_session(&c, &used_one).await.status, 200);
+}

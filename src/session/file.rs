@@ -12,8 +12,9 @@
 //! before the store returns, so before the 204; new logins are collected and
 //! committed together at most [`BATCH`] later, so a crash loses at most that much
 //! (the client just logs in again). Only the token's SHA-256 is stored, never the
-//! token. Idle deadlines are not written: after a restart a session's idle clock
-//! starts again at the restart.
+//! token. With `security.session_idle_timeout` on, the last use of each session is
+//! written every [`TOUCH`] (and at shutdown), so after a restart an idle session is
+//! no younger than it was — at most that much later than exact.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -31,11 +32,16 @@ use crate::auth::Mechanism;
 
 /// token SHA-256 → the session as JSON.
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
+/// token SHA-256 → when the session was last used (unix seconds), written lazily.
+const LAST_USED: TableDefinition<&[u8], u64> = TableDefinition::new("last_used");
 
 /// How long a new login may wait before it is on disk.
 pub const BATCH: Duration = Duration::from_millis(100);
 /// How often expired sessions are deleted from the file.
 const SWEEP: Duration = Duration::from_secs(60);
+/// How often the last use of sessions is written (SPEC §10: idle deadlines may be
+/// written lazily, at most 60 s late).
+const TOUCH: Duration = Duration::from_secs(30);
 
 /// Why the store could not be opened: a startup error that names the file.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +108,9 @@ struct Shared {
     path: PathBuf,
     /// New sessions not yet committed.
     pending: Mutex<Vec<(TokenHash, Vec<u8>)>>,
+    /// Sessions used since their last use was written (only with an idle timeout).
+    touched: Mutex<std::collections::HashSet<TokenHash>>,
+    idle: bool,
 }
 
 pub struct FileStore {
@@ -131,6 +140,8 @@ impl FileStore {
             db,
             path: path.into(),
             pending: Mutex::new(Vec::new()),
+            touched: Mutex::new(std::collections::HashSet::new()),
+            idle: idle_timeout.is_some_and(|d| !d.is_zero()),
         });
         let wake = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(write_batches(Arc::downgrade(&shared), wake.clone()));
@@ -175,6 +186,19 @@ fn load(db: &Database, memory: &MemoryStore) -> Result<usize, String> {
     let txn = db.begin_read().map_err(|e| e.to_string())?;
     let mut expired = Vec::new();
     let mut loaded = 0;
+    let mut last_used = std::collections::HashMap::new();
+    match txn.open_table(LAST_USED) {
+        Ok(table) => {
+            for row in table.iter().map_err(|e| e.to_string())? {
+                let (k, v) = row.map_err(|e| e.to_string())?;
+                if let Ok(key) = <[u8; 32]>::try_from(k.value()) {
+                    last_used.insert(key, v.value());
+                }
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
     match txn.open_table(SESSIONS) {
         Ok(table) => {
             for row in table.iter().map_err(|e| e.to_string())? {
@@ -188,7 +212,12 @@ fn load(db: &Database, memory: &MemoryStore) -> Result<usize, String> {
                 let (info, expires_at) = stored
                     .into_session()
                     .ok_or_else(|| "a session record names an unknown mechanism".to_string())?;
-                if memory.restore(TokenHash(key), info, expires_at) {
+                // Never used since the login: idle since it was created.
+                let used = last_used
+                    .get(&key)
+                    .map_or(info.created_at, |t| UNIX_EPOCH + Duration::from_secs(*t))
+                    .max(info.created_at);
+                if memory.restore(TokenHash(key), info, expires_at, used) {
                     loaded += 1;
                 } else {
                     expired.push(TokenHash(key));
@@ -210,8 +239,34 @@ fn delete(db: &Database, hashes: &[TokenHash]) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut table = txn.open_table(SESSIONS).map_err(|e| e.to_string())?;
+        let mut used = txn.open_table(LAST_USED).map_err(|e| e.to_string())?;
         for h in hashes {
             table.remove(h.0.as_slice()).map_err(|e| e.to_string())?;
+            used.remove(h.0.as_slice()).map_err(|e| e.to_string())?;
+        }
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+/// Write "used now" for these sessions (those still in the file).
+fn touch(db: &Database, hashes: &[TokenHash]) -> Result<(), String> {
+    if hashes.is_empty() {
+        return Ok(());
+    }
+    let now = unix(SystemTime::now());
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let sessions = txn.open_table(SESSIONS).map_err(|e| e.to_string())?;
+        let mut used = txn.open_table(LAST_USED).map_err(|e| e.to_string())?;
+        for h in hashes {
+            let live = sessions
+                .get(h.0.as_slice())
+                .map_err(|e| e.to_string())?
+                .is_some();
+            if live {
+                used.insert(h.0.as_slice(), now)
+                    .map_err(|e| e.to_string())?;
+            }
         }
     }
     txn.commit().map_err(|e| e.to_string())
@@ -266,6 +321,11 @@ impl Shared {
     fn has_pending(&self) -> bool {
         !self.pending.lock().map(|p| p.is_empty()).unwrap_or(true)
     }
+
+    fn take_touched(&self) -> Vec<TokenHash> {
+        let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        t.drain().collect()
+    }
 }
 
 /// Commit new logins in batches (at most [`BATCH`] after they were made), and sweep
@@ -273,12 +333,13 @@ impl Shared {
 /// so dropping the [`FileStore`] closes the file.
 async fn write_batches(shared: std::sync::Weak<Shared>, wake: Arc<tokio::sync::Notify>) {
     let mut last_sweep = tokio::time::Instant::now();
+    let mut last_touch = tokio::time::Instant::now();
     loop {
         let waiting = shared.upgrade().is_some_and(|s| s.has_pending());
         if !waiting {
             tokio::select! {
                 _ = wake.notified() => {}
-                _ = tokio::time::sleep(SWEEP) => {}
+                _ = tokio::time::sleep(TOUCH) => {}
             }
         }
         tokio::time::sleep(BATCH).await;
@@ -288,10 +349,16 @@ async fn write_batches(shared: std::sync::Weak<Shared>, wake: Arc<tokio::sync::N
         if sweep_due {
             last_sweep = tokio::time::Instant::now();
         }
+        let touched = if last_touch.elapsed() >= TOUCH {
+            last_touch = tokio::time::Instant::now();
+            s.take_touched()
+        } else {
+            Vec::new()
+        };
         let worker = s.clone();
         drop(s);
         let done = tokio::task::spawn_blocking(move || {
-            let written = insert(&worker.db, &rows);
+            let written = insert(&worker.db, &rows).and_then(|()| touch(&worker.db, &touched));
             let swept = if sweep_due {
                 sweep(&worker.db).map(Some)
             } else {
@@ -317,7 +384,10 @@ async fn write_batches(shared: std::sync::Weak<Shared>, wake: Arc<tokio::sync::N
 impl Drop for FileStore {
     fn drop(&mut self) {
         let rows = self.shared.take_pending();
-        if let Err(e) = insert(&self.shared.db, &rows) {
+        let touched = self.shared.take_touched();
+        if let Err(e) =
+            insert(&self.shared.db, &rows).and_then(|()| touch(&self.shared.db, &touched))
+        {
             tracing::error!(path = %self.shared.path.display(), error = %e, "could not write the last logins to the session store");
         }
         self.wake.notify_one();
@@ -340,7 +410,15 @@ impl SessionStore for FileStore {
     }
 
     fn get(&self, hash: &TokenHash) -> Option<Session> {
-        self.memory.get(hash)
+        let session = self.memory.get(hash)?;
+        if self.shared.idle {
+            self.shared
+                .touched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(*hash);
+        }
+        Some(session)
     }
 
     fn revoke(&self, hash: &TokenHash) -> bool {

@@ -291,13 +291,28 @@ impl MemoryStore {
             .collect()
     }
 
-    /// Put back a session read from a durable store at startup, with its own hash and
-    /// expiry; `false` if it has already expired. Limits are not applied: these
-    /// sessions were within them when they were made.
-    pub fn restore(&self, hash: TokenHash, info: Arc<SessionInfo>, expires_at: SystemTime) -> bool {
-        let Ok(left) = expires_at.duration_since(SystemTime::now()) else {
+    /// Put back a session read from a durable store at startup, with its own hash,
+    /// expiry and last use; `false` if it has already expired or gone idle. Limits are
+    /// not applied: these sessions were within them when they were made.
+    pub fn restore(
+        &self,
+        hash: TokenHash,
+        info: Arc<SessionInfo>,
+        expires_at: SystemTime,
+        last_used: SystemTime,
+    ) -> bool {
+        let wall = SystemTime::now();
+        let Ok(left) = expires_at.duration_since(wall) else {
             return false;
         };
+        let idle_for = wall.duration_since(last_used).unwrap_or_default();
+        if self
+            .shared
+            .idle_timeout
+            .is_some_and(|idle| idle_for >= idle)
+        {
+            return false;
+        }
         let now = Instant::now();
         let deadline = now + left;
         let notify = self.shared.lock().insert(
@@ -306,7 +321,7 @@ impl MemoryStore {
                 info,
                 expires_at,
                 deadline,
-                last_used: now,
+                last_used: now.checked_sub(idle_for).unwrap_or(now),
             },
         );
         if notify {
