@@ -397,53 +397,6 @@ async fn with_client_auth_required_bad_certificates_fail_the_handshake() {
     assert!(d.log().contains("certificate_untrusted"), "{}", d.log());
 }
 
-/// Write a CRL of the dev CA to `path`, revoking the `revoked` serials, valid from
-/// `this_update` until `next_update` (both relative to now).
-fn write_crl(
-    ca: &devcerts::Ca,
-    path: &std::path::Path,
-    number: u64,
-    revoked: &[u64],
-    (this_update, next_update): (time::Duration, time::Duration),
-) {
-    let now = time::OffsetDateTime::now_utc();
-    let crl = rcgen::CertificateRevocationListParams {
-        this_update: now + this_update,
-        next_update: now + next_update,
-        crl_number: rcgen::SerialNumber::from(number),
-        issuing_distribution_point: None,
-        revoked_certs: revoked
-            .iter()
-            .map(|s| rcgen::RevokedCertParams {
-                serial_number: rcgen::SerialNumber::from(*s),
-                revocation_time: now - time::Duration::minutes(1),
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            })
-            .collect(),
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(ca.issuer())
-    .unwrap();
-    std::fs::write(path, crl.pem().unwrap()).unwrap();
-}
-
-const FRESH: (time::Duration, time::Duration) =
-    (time::Duration::minutes(-5), time::Duration::days(1));
-const EXPIRED: (time::Duration, time::Duration) =
-    (time::Duration::days(-2), time::Duration::days(-1));
-
-/// A certificate of the dev CA for `user` with a chosen serial number.
-fn issue_with_serial(
-    dir: &std::path::Path,
-    user: &str,
-    serial: u64,
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    let mut p = devcerts::client_params(user);
-    p.serial_number = Some(rcgen::SerialNumber::from(serial));
-    ca(dir).issue(dir, &format!("{user}-{serial}"), p).unwrap()
-}
-
 fn audit_reasons(log: &str) -> Vec<String> {
     log.lines()
         .filter(|l| l.contains("\"target\":\"audit\""))
@@ -457,7 +410,7 @@ async fn a_revoked_certificate_is_refused_on_a_kept_alive_connection_after_sighu
     let dir = tempdir();
     let crl = dir.path().join("ca.crl");
     let (cert, key) = issue_with_serial(dir.path(), "pcalice", 0x7171);
-    write_crl(&ca(dir.path()), &crl, 1, &[], FRESH);
+    write_crl(&ca(dir.path()), &crl, 1, &[], CRL_FRESH);
     let crl_def = format!("ssl.crl_files={}", crl.display());
     let d = Daemon::start(
         dir.path(),
@@ -472,7 +425,7 @@ async fn a_revoked_certificate_is_refused_on_a_kept_alive_connection_after_sighu
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["user"], "pcalice");
 
-    write_crl(&ca(dir.path()), &crl, 2, &[0x7171], FRESH);
+    write_crl(&ca(dir.path()), &crl, 2, &[0x7171], CRL_FRESH);
     d.signal(nix::sys::signal::Signal::SIGHUP);
     wait_for_log(&d, "reloaded TLS certificates and CRLs").await;
 
@@ -493,12 +446,12 @@ async fn a_revoked_certificate_is_refused_on_a_kept_alive_connection_after_sighu
     let dir = tempdir();
     let crl = dir.path().join("ca.crl");
     let (cert, key) = issue_with_serial(dir.path(), "pcalice", 0x7272);
-    write_crl(&ca(dir.path()), &crl, 1, &[], FRESH);
+    write_crl(&ca(dir.path()), &crl, 1, &[], CRL_FRESH);
     let crl_def = format!("ssl.crl_files={}", crl.display());
     let d = Daemon::start(dir.path(), &[&crl_def, "ssl.client_auth=required"]);
     let mut conn = KeepAlive::connect_as(&d, Some((&cert, &key))).await;
     assert_eq!(conn.post_login().await.unwrap().0, 200);
-    write_crl(&ca(dir.path()), &crl, 2, &[0x7272], FRESH);
+    write_crl(&ca(dir.path()), &crl, 2, &[0x7272], CRL_FRESH);
     d.signal(nix::sys::signal::Signal::SIGHUP);
     wait_for_log(&d, "reloaded TLS certificates and CRLs").await;
     let (status, v) = conn.post_login().await.unwrap();
@@ -509,7 +462,7 @@ async fn a_revoked_certificate_is_refused_on_a_kept_alive_connection_after_sighu
 async fn an_expired_crl_refuses_certificate_logins_unless_allowed() {
     let dir = tempdir();
     let crl = dir.path().join("stale.crl");
-    write_crl(&ca(dir.path()), &crl, 1, &[], EXPIRED);
+    write_crl(&ca(dir.path()), &crl, 1, &[], CRL_EXPIRED);
     let crl_def = format!("ssl.crl_files={}", crl.display());
     let d = Daemon::start(
         dir.path(),

@@ -36,17 +36,6 @@ async fn basic(c: &Client, user: &str, pass: &str) -> Reply {
     .unwrap()
 }
 
-async fn answer(c: &Client, conversation: &str, answers: Value) -> Reply {
-    c.request(
-        hyper::Method::POST,
-        &format!("/v1/login/{conversation}"),
-        &[],
-        Some(&json!({ "answers": answers })),
-    )
-    .await
-    .unwrap()
-}
-
 fn local(ip: &str) -> IpAddr {
     ip.parse().unwrap()
 }

@@ -240,16 +240,7 @@ async fn audit_log_is_json_lines_without_secrets() {
     d.dev_certs(&["pcalice"]);
     let v = d.cert_login("pcalice").await;
     let token = v["session"].as_str().unwrap().to_string();
-    let auth = format!("Bearer {token}");
-    d.client(None)
-        .request(
-            hyper::Method::DELETE,
-            "/v1/session",
-            &[("authorization", &auth)],
-            None,
-        )
-        .await
-        .unwrap();
+    delete_session(&d.client(None), &token).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = d.log();
     let events: Vec<serde_json::Value> = log

@@ -10,20 +10,6 @@ use nix::sys::signal::Signal;
 /// Long enough for a login to be committed (batches are written within 100 ms).
 const COMMITTED: Duration = Duration::from_millis(400);
 
-async fn delete_session(d: &Daemon, token: &str) -> u16 {
-    let auth = format!("Bearer {token}");
-    d.client(None)
-        .request(
-            hyper::Method::DELETE,
-            "/v1/session",
-            &[("authorization", &auth)],
-            None,
-        )
-        .await
-        .unwrap()
-        .status
-}
-
 #[tokio::test]
 async fn sessions_survive_a_restart_and_a_kill_and_logouts_stay_logouts() {
     let dir = tempdir();
@@ -48,7 +34,10 @@ async fn sessions_survive_a_restart_and_a_kill_and_logouts_stay_logouts() {
     let logged_out = d.cert_session("pcbob").await;
     let second = d.cert_session("pcbob").await;
     tokio::time::sleep(COMMITTED).await;
-    assert_eq!(delete_session(&d, &logged_out).await, 204);
+    assert_eq!(
+        delete_session(&d.client(None), &logged_out).await.status,
+        204
+    );
     d.signal(Signal::SIGKILL);
     drop(d);
 

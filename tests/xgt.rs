@@ -112,21 +112,6 @@ fn daemon_with_file(dir: &std::path::Path, conf: &str) -> Daemon {
     Daemon::start_with_file(dir, conf, &[])
 }
 
-async fn answer(
-    c: &portcullis::cli::client::Client,
-    conversation: &str,
-    text: &str,
-) -> portcullis::cli::client::Reply {
-    c.request(
-        hyper::Method::POST,
-        &format!("/v1/login/{conversation}"),
-        &[],
-        Some(&json!({ "answers": [text] })),
-    )
-    .await
-    .unwrap()
-}
-
 /// `pamtester SERVICE USER authenticate` with `password` on stdin: does plain PAM
 /// (no portcullis) accept it?
 fn pamtester_accepts(service: &str, user: &str, password: &str) -> bool {
@@ -200,7 +185,7 @@ async fn an_expired_password_is_changed_over_the_conversation() {
         let last = prompts.last().unwrap();
         assert_eq!(last["style"], "echo_off", "round {round}: {v}");
         let id = v["conversation"].as_str().unwrap().to_string();
-        let r = answer(&c, &id, "short").await;
+        let r = answer(&c, &id, json!(["short"])).await;
         v = r.json();
         if round < 2 {
             assert_eq!(r.status, 401, "{v}");
@@ -237,7 +222,7 @@ async fn an_expired_password_is_changed_over_the_conversation() {
             .as_str()
             .unwrap_or_else(|| panic!("{v}"))
             .to_string();
-        let r = answer(&c, &id, new).await;
+        let r = answer(&c, &id, json!([new])).await;
         v = r.json();
         if r.status == 200 {
             break v;

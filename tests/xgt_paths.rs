@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::idp::Idp;
 use common::*;
-use portcullis::devcerts;
 use serde_json::{Value, json};
 
 const AUD: &str = "https://portcullis.test";
@@ -515,36 +514,6 @@ async fn group_changes_are_seen_after_the_group_cache_ttl_not_before() {
 
 // ------------------------------------------------------------------ CRL reload
 
-/// Write a CRL of the dev CA of `dir` to `path`, revoking the `revoked` serials.
-fn write_crl(dir: &Path, path: &Path, number: u64, revoked: &[u64]) {
-    let now = time::OffsetDateTime::now_utc();
-    let crl = rcgen::CertificateRevocationListParams {
-        this_update: now - time::Duration::minutes(5),
-        next_update: now + time::Duration::days(1),
-        crl_number: rcgen::SerialNumber::from(number),
-        issuing_distribution_point: None,
-        revoked_certs: revoked
-            .iter()
-            .map(|s| rcgen::RevokedCertParams {
-                serial_number: rcgen::SerialNumber::from(*s),
-                revocation_time: now - time::Duration::minutes(1),
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            })
-            .collect(),
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(ca(dir).issuer())
-    .unwrap();
-    std::fs::write(path, crl.pem().unwrap()).unwrap();
-}
-
-fn issue_with_serial(dir: &Path, user: &str, serial: u64) -> (PathBuf, PathBuf) {
-    let mut p = devcerts::client_params(user);
-    p.serial_number = Some(rcgen::SerialNumber::from(serial));
-    ca(dir).issue(dir, &format!("{user}-{serial}"), p).unwrap()
-}
-
 /// A certificate login on a connection opened just now.
 async fn fresh_login(d: &Daemon, cert: &(PathBuf, PathBuf)) -> (u16, Value) {
     let mut conn = KeepAlive::connect_as(d, Some((&cert.0, &cert.1))).await;
@@ -562,7 +531,7 @@ async fn a_new_crl_is_loaded_on_sighup_and_refuses_new_connections() {
     let crl = dir.path().join("ca.crl");
     let alice = issue_with_serial(dir.path(), "pcalice", 0x8181);
     let bob = issue_with_serial(dir.path(), "pcbob", 0x8282);
-    write_crl(dir.path(), &crl, 1, &[]);
+    write_crl(&ca(dir.path()), &crl, 1, &[], CRL_FRESH);
     let crl_def = format!("ssl.crl_files={}", crl.display());
     let d = Daemon::start(dir.path(), &[&crl_def, "security.max_failed_attempts=0"]);
 
@@ -570,7 +539,7 @@ async fn a_new_crl_is_loaded_on_sighup_and_refuses_new_connections() {
     assert_eq!((status, v["user"].clone()), (200, json!("pcalice")), "{v}");
 
     // The new CRL is on disk, but not loaded: still accepted.
-    write_crl(dir.path(), &crl, 2, &[0x8181]);
+    write_crl(&ca(dir.path()), &crl, 2, &[0x8181], CRL_FRESH);
     let (status, v) = fresh_login(&d, &alice).await;
     assert_eq!(status, 200, "accepted until the reload: {v}");
 
@@ -595,7 +564,7 @@ async fn a_new_crl_is_loaded_on_sighup_and_refuses_new_connections() {
     assert_eq!(fresh_login(&d, &bob).await.0, 200);
 
     // The revocation lifted in a newer CRL: accepted again after the next SIGHUP.
-    write_crl(dir.path(), &crl, 3, &[]);
+    write_crl(&ca(dir.path()), &crl, 3, &[], CRL_FRESH);
     d.signal(nix::sys::signal::Signal::SIGHUP);
     wait_for_log_count(&d, RELOADED, 2).await;
     let (status, v) = fresh_login(&d, &alice).await;
@@ -607,7 +576,7 @@ async fn a_new_crl_is_loaded_on_sighup_and_refuses_new_connections() {
     let crl = dir.path().join("ca.crl");
     let alice = issue_with_serial(dir.path(), "pcalice", 0x8383);
     let bob = issue_with_serial(dir.path(), "pcbob", 0x8484);
-    write_crl(dir.path(), &crl, 1, &[]);
+    write_crl(&ca(dir.path()), &crl, 1, &[], CRL_FRESH);
     let crl_def = format!("ssl.crl_files={}", crl.display());
     let d = Daemon::start(dir.path(), &[&crl_def, "ssl.client_auth=required"]);
     let login = |c: &(PathBuf, PathBuf)| {
@@ -615,7 +584,7 @@ async fn a_new_crl_is_loaded_on_sighup_and_refuses_new_connections() {
         async move { post_login(&client, None).await }
     };
     assert_eq!(login(&alice).await.unwrap().status, 200);
-    write_crl(dir.path(), &crl, 2, &[0x8383]);
+    write_crl(&ca(dir.path()), &crl, 2, &[0x8383], CRL_FRESH);
     assert_eq!(
         login(&alice).await.unwrap().status,
         200,

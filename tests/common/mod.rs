@@ -264,6 +264,76 @@ pub async fn password(c: &Client, user: &str, pass: &str) -> Reply {
     .unwrap()
 }
 
+/// `POST /v1/login/{conversation}` with these answers.
+pub async fn answer(c: &Client, conversation: &str, answers: serde_json::Value) -> Reply {
+    c.request(
+        hyper::Method::POST,
+        &format!("/v1/login/{conversation}"),
+        &[],
+        Some(&serde_json::json!({ "answers": answers })),
+    )
+    .await
+    .unwrap()
+}
+
+/// `DELETE /v1/session` (log out) with `token`.
+pub async fn delete_session(client: &Client, token: &str) -> Reply {
+    let auth = format!("Bearer {token}");
+    client
+        .request(
+            hyper::Method::DELETE,
+            "/v1/session",
+            &[("authorization", &auth)],
+            None,
+        )
+        .await
+        .unwrap()
+}
+
+/// A CRL valid from 5 minutes ago until tomorrow, and one that expired yesterday.
+pub const CRL_FRESH: (time::Duration, time::Duration) =
+    (time::Duration::minutes(-5), time::Duration::days(1));
+pub const CRL_EXPIRED: (time::Duration, time::Duration) =
+    (time::Duration::days(-2), time::Duration::days(-1));
+
+/// Write a CRL of the dev CA to `path`, revoking the `revoked` serials, valid from
+/// `this_update` until `next_update` (both relative to now).
+pub fn write_crl(
+    ca: &devcerts::Ca,
+    path: &Path,
+    number: u64,
+    revoked: &[u64],
+    (this_update, next_update): (time::Duration, time::Duration),
+) {
+    let now = time::OffsetDateTime::now_utc();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now + this_update,
+        next_update: now + next_update,
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(*s),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(ca.issuer())
+    .unwrap();
+    std::fs::write(path, crl.pem().unwrap()).unwrap();
+}
+
+/// A certificate of the dev CA of `dir` for `user` with a chosen serial number.
+pub fn issue_with_serial(dir: &Path, user: &str, serial: u64) -> (PathBuf, PathBuf) {
+    let mut p = devcerts::client_params(user);
+    p.serial_number = Some(rcgen::SerialNumber::from(serial));
+    ca(dir).issue(dir, &format!("{user}-{serial}"), p).unwrap()
+}
+
 pub async fn get_session(client: &Client, token: &str) -> Reply {
     let auth = format!("Bearer {token}");
     client
