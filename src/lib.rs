@@ -13,6 +13,7 @@ pub mod logsafe;
 pub mod metrics;
 pub mod pipeline;
 pub mod quota;
+pub mod redis_client;
 pub mod server;
 pub mod session;
 pub mod throttle;

@@ -118,10 +118,19 @@ pub static KEYS: &[KeyDef] = &[
     key("security.max_sessions", Kind::UInt, "1000000"),
     key(
         "security.session_store",
-        Kind::Enum(&["memory", "file"]),
+        Kind::Enum(&["memory", "file", "redis"]),
         r#""file""#,
     ),
     key("security.session_store_path", Kind::Str, "null"),
+    // May carry a password (`redis://:secret@host`): masked like the other secrets.
+    KeyDef {
+        name: "security.session_redis_url",
+        kind: Kind::Str,
+        default: "null",
+        secret: true,
+    },
+    key("security.session_redis_ca_cert", Kind::Str, "null"),
+    key("security.session_redis_prefix", Kind::Str, r#""portcullis:""#),
     key("security.oidc.jwks_refetch_interval", Kind::UInt, "60"),
     key("security.oidc.introspection_cache_ttl", Kind::UInt, "0"),
     key("security.oidc.issuer", Kind::Str, "null"),

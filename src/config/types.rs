@@ -113,6 +113,12 @@ pub struct Security {
     pub session_store: SessionStoreKind,
     /// The file of the `file` store; `<state_dir>/sessions.db` when unset.
     pub session_store_path: Option<PathBuf>,
+    /// `redis://` or `rediss://host:port/db` of the `redis` store.
+    pub session_redis_url: Option<String>,
+    /// CA certificates (PEM) that sign the Redis server's certificate (`rediss://`).
+    pub session_redis_ca_cert: Option<PathBuf>,
+    /// Every key the daemon writes to Redis starts with this.
+    pub session_redis_prefix: String,
     pub oidc: oidc::Settings,
 }
 
@@ -121,6 +127,7 @@ pub struct Security {
 pub enum SessionStoreKind {
     Memory,
     File,
+    Redis,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -231,6 +231,7 @@ pub fn validate(config: &Config, env: &Env) -> Vec<String> {
             errors.push(format!("\"{k}\" must be at least 1"));
         }
     }
+    errors.extend(redis_settings(sec));
     if sys.max_header_bytes < 8192 {
         errors.push("\"system.max_header_bytes\" must be at least 8192".into());
     }
@@ -267,6 +268,29 @@ pub fn validate(config: &Config, env: &Env) -> Vec<String> {
         if o.jwks_refetch_interval == 0 {
             errors.push("\"security.oidc.jwks_refetch_interval\" must be at least 1".into());
         }
+    }
+    errors
+}
+
+/// The `redis` store needs a `redis://` or `rediss://` URL; a CA file only makes
+/// sense with TLS. The URL is never repeated in a message: it may hold a password.
+fn redis_settings(sec: &crate::config::types::Security) -> Vec<String> {
+    use crate::config::types::SessionStoreKind;
+    let mut errors = Vec::new();
+    let url = sec.session_redis_url.as_deref();
+    if sec.session_store == SessionStoreKind::Redis {
+        match url {
+            None => errors.push("\"security.session_store\" is redis but \"security.session_redis_url\" is not set (e.g. redis://127.0.0.1:6379/0 or rediss://redis.example.com:6380/0)".into()),
+            Some(u) if !(u.starts_with("redis://") || u.starts_with("rediss://")) => errors.push("\"security.session_redis_url\" must start with redis:// or rediss://".into()),
+            Some(u) if redis::IntoConnectionInfo::into_connection_info(u).is_err() => errors.push("\"security.session_redis_url\" is not a valid Redis URL (redis[s]://[[user]:password@]host[:port][/db])".into()),
+            Some(_) => {}
+        }
+    }
+    if sec.session_redis_ca_cert.is_some() && !url.is_some_and(|u| u.starts_with("rediss://")) {
+        errors.push("\"security.session_redis_ca_cert\" is set but \"security.session_redis_url\" is not a rediss:// URL".into());
+    }
+    if sec.session_redis_prefix.is_empty() {
+        errors.push("\"security.session_redis_prefix\" must not be empty".into());
     }
     errors
 }

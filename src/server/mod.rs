@@ -255,6 +255,11 @@ fn open_sessions(config: &Config) -> Result<Arc<dyn SessionStore>, StartError> {
                     .map_err(|e| StartError::Config(e.to_string()))?,
             )
         }
+        SessionStoreKind::Redis => {
+            return Err(StartError::Config(
+                "security.session_store = redis: the redis store is not built yet".into(),
+            ));
+        }
     })
 }
 
