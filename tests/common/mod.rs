@@ -4,6 +4,7 @@
 
 pub mod idp;
 pub mod krb;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
