@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use portcullis::auth::Mechanism;
 use portcullis::labels::LabelMap;
-use portcullis::session::{MemoryStore, SessionInfo, SessionStore, TokenHash, token};
+use portcullis::session::{MemoryStore, SessionInfo, TokenHash, token};
 
 const LOOKUP_SESSIONS: usize = 100_000;
 const GROUPS: usize = 200;

@@ -228,8 +228,14 @@ impl Pipeline {
             created_at: std::time::SystemTime::now(),
             peer: Some(ctx.peer.ip()),
         });
-        let created = match self.sessions.create(info, self.policy.session_ttl) {
+        let created = match self.sessions.create(info, self.policy.session_ttl).await {
             Ok(c) => c,
+            Err(e @ SessionError::Unavailable) => {
+                return Err(AuthError::Unavailable {
+                    reason: "session_store_unavailable",
+                    message: e.to_string(),
+                });
+            }
             Err(SessionError::Full) => {
                 tracing::error!("security.max_sessions live sessions exist; refusing new logins");
                 return Err(AuthError::Unavailable {

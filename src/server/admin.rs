@@ -178,8 +178,8 @@ async fn exchange(admin: &Admin, uid: u32, stream: &mut UnixStream) {
 async fn answer(admin: &Admin, uid: u32, req: &Value) -> Value {
     let text = |k: &str| req.get(k).and_then(Value::as_str);
     match text("command") {
-        Some("sessions") => sessions(admin, text("user")),
-        Some("revoke") => revoke(admin, uid, req),
+        Some("sessions") => sessions(admin, text("user")).await,
+        Some("revoke") => revoke(admin, uid, req).await,
         Some("explain") => explain(admin, req).await,
         Some("status") => status(admin),
         Some(other) => error(
@@ -193,8 +193,11 @@ async fn answer(admin: &Admin, uid: u32, req: &Value) -> Value {
     }
 }
 
-fn sessions(admin: &Admin, user: Option<&str>) -> Value {
-    let mut list = admin.state.pipeline.sessions.list(user);
+async fn sessions(admin: &Admin, user: Option<&str>) -> Value {
+    let mut list = match admin.state.pipeline.sessions.list(user).await {
+        Ok(l) => l,
+        Err(e) => return error("dependency_unavailable", e.to_string()),
+    };
     list.sort_by(|a, b| (a.info.created_at, &a.id).cmp(&(b.info.created_at, &b.id)));
     let rows: Vec<Value> = list
         .iter()
@@ -212,7 +215,7 @@ fn sessions(admin: &Admin, user: Option<&str>) -> Value {
     json!({"ok": true, "sessions": rows})
 }
 
-fn revoke(admin: &Admin, uid: u32, req: &Value) -> Value {
+async fn revoke(admin: &Admin, uid: u32, req: &Value) -> Value {
     let user = req.get("user").and_then(Value::as_str);
     let id = req.get("id").and_then(Value::as_str);
     let all = req.get("all").and_then(Value::as_bool) == Some(true);
@@ -235,7 +238,10 @@ fn revoke(admin: &Admin, uid: u32, req: &Value) -> Value {
             );
         }
     };
-    let count = admin.state.pipeline.sessions.revoke_where(&which);
+    let count = match admin.state.pipeline.sessions.revoke_where(&which).await {
+        Ok(n) => n,
+        Err(e) => return error("dependency_unavailable", e.to_string()),
+    };
     audit::admin_revoke(uid, &described, count);
     json!({"ok": true, "revoked": count})
 }

@@ -32,6 +32,8 @@ use crate::labels::LabelMap;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Policy};
 use crate::quota::Quota;
+use crate::redis_client::RedisClient;
+use crate::session::shared::RedisStore;
 use crate::session::{FileStore, MemoryStore, SessionLimits, SessionStore};
 use crate::throttle::Throttle;
 
@@ -256,9 +258,16 @@ fn open_sessions(config: &Config) -> Result<Arc<dyn SessionStore>, StartError> {
             )
         }
         SessionStoreKind::Redis => {
-            return Err(StartError::Config(
-                "security.session_store = redis: the redis store is not built yet".into(),
-            ));
+            let url = sec.session_redis_url.as_deref().ok_or_else(|| {
+                StartError::Config("security.session_redis_url is not set".into())
+            })?;
+            let client = RedisClient::open(
+                url,
+                sec.session_redis_ca_cert.as_deref(),
+                &sec.session_redis_prefix,
+            )
+            .map_err(StartError::Config)?;
+            Arc::new(RedisStore::new(client, idle, limits))
         }
     })
 }

@@ -22,7 +22,7 @@ use crate::audit;
 use crate::auth::{AuthError, Credentials, LoginContext, Mechanism, Secret};
 use crate::error::ApiError;
 use crate::pipeline::LoginResult;
-use crate::session::{Session, token};
+use crate::session::{Session, SessionError, token};
 
 pub type Body = Full<Bytes>;
 
@@ -43,8 +43,8 @@ pub async fn handle(
         ("/metrics", &Method::GET) => Ok(metrics(&state)),
         ("/v1/auth/methods", &Method::GET) => Ok(methods(&state)),
         ("/v1/login", &Method::POST) => login(&state, &conn, req).await,
-        ("/v1/session", &Method::GET) => session_get(&state, req.headers()),
-        ("/v1/session", &Method::DELETE) => session_delete(&state, &conn, req.headers()),
+        ("/v1/session", &Method::GET) => session_get(&state, req.headers()).await,
+        ("/v1/session", &Method::DELETE) => session_delete(&state, &conn, req.headers()).await,
         ("/healthz" | "/metrics" | "/v1/auth/methods", _) => {
             Err(ApiError::MethodNotAllowed { allow: "GET" })
         }
@@ -369,7 +369,7 @@ const SESSION_CHALLENGE: &str = "Bearer realm=\"portcullis\"";
 const SESSION_INVALID: &str = "Bearer realm=\"portcullis\", error=\"invalid_token\"";
 
 /// The session named by `Authorization: Bearer pcs_…`.
-fn presented_session(
+async fn presented_session(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<(token::TokenHash, Session), ApiError> {
@@ -399,28 +399,51 @@ fn presented_session(
         )
     };
     let hash = token::parse(presented).ok_or_else(invalid)?;
-    let session = state.pipeline.sessions.get(&hash).ok_or_else(invalid)?;
+    let session = state
+        .pipeline
+        .sessions
+        .get(&hash)
+        .await
+        .map_err(store_unavailable)?
+        .ok_or_else(invalid)?;
     Ok((hash, session))
 }
 
-fn session_get(state: &AppState, headers: &HeaderMap) -> Result<Response<Body>, ApiError> {
-    let (_, session) = presented_session(state, headers)?;
+/// The shared store did not answer: `503`, never "no such session".
+fn store_unavailable(e: SessionError) -> ApiError {
+    ApiError::Auth {
+        error: AuthError::Unavailable {
+            reason: "session_store_unavailable",
+            message: e.to_string(),
+        },
+        www_authenticate: Vec::new(),
+    }
+}
+
+async fn session_get(state: &AppState, headers: &HeaderMap) -> Result<Response<Body>, ApiError> {
+    let (_, session) = presented_session(state, headers).await?;
     Ok(json_response(StatusCode::OK, &session_json(&session)))
 }
 
-fn session_delete(
+async fn session_delete(
     state: &AppState,
     conn: &ConnInfo,
     headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
-    let (hash, session) = match presented_session(state, headers) {
+    let (hash, session) = match presented_session(state, headers).await {
         Ok(s) => s,
         Err(e) => {
             audit::logout(conn.peer, None, "rejected");
             return Err(e);
         }
     };
-    let revoked = state.pipeline.sessions.revoke(&hash);
+    let revoked = match state.pipeline.sessions.revoke(&hash).await {
+        Ok(r) => r,
+        Err(e) => {
+            audit::logout(conn.peer, Some(&session.info.user), "store_unavailable");
+            return Err(store_unavailable(e));
+        }
+    };
     audit::logout(
         conn.peer,
         Some(&session.info.user),

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Created, MemoryStore, Revoke, Session, SessionError, SessionInfo, SessionLimits, SessionRecord,
-    SessionStore, TokenHash,
+    TokenHash,
 };
 use crate::auth::Mechanism;
 
@@ -58,7 +58,7 @@ pub enum FileStoreError {
 
 /// One session on disk.
 #[derive(Serialize, Deserialize)]
-struct Stored {
+pub(super) struct Stored {
     user: String,
     mechanism: String,
     groups: Vec<String>,
@@ -73,7 +73,7 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 impl Stored {
-    fn new(info: &SessionInfo, expires_at: SystemTime) -> Stored {
+    pub(super) fn new(info: &SessionInfo, expires_at: SystemTime) -> Stored {
         let strings = |v: &[Arc<str>]| v.iter().map(|s| s.to_string()).collect();
         Stored {
             user: info.user.to_string(),
@@ -86,7 +86,7 @@ impl Stored {
         }
     }
 
-    fn into_session(self) -> Option<(Arc<SessionInfo>, SystemTime)> {
+    pub(super) fn into_session(self) -> Option<(Arc<SessionInfo>, SystemTime)> {
         let arcs = |v: Vec<String>| v.iter().map(|s| Arc::from(s.as_str())).collect();
         let info = SessionInfo {
             user: Arc::from(self.user.as_str()),
@@ -394,8 +394,11 @@ impl Drop for FileStore {
     }
 }
 
-impl SessionStore for FileStore {
-    fn create(&self, info: Arc<SessionInfo>, ttl: Duration) -> Result<Created, SessionError> {
+/// Synchronous: everything is answered from memory (the file store also writes
+/// its file), so these never wait on the network. The async [`SessionStore`]
+/// impl calls them.
+impl FileStore {
+    pub fn create(&self, info: Arc<SessionInfo>, ttl: Duration) -> Result<Created, SessionError> {
         let created = self.memory.create(info, ttl)?;
         let row = serde_json::to_vec(&Stored::new(
             &created.session.info,
@@ -409,7 +412,7 @@ impl SessionStore for FileStore {
         Ok(created)
     }
 
-    fn get(&self, hash: &TokenHash) -> Option<Session> {
+    pub fn get(&self, hash: &TokenHash) -> Option<Session> {
         let session = self.memory.get(hash)?;
         if self.shared.idle {
             self.shared
@@ -421,22 +424,26 @@ impl SessionStore for FileStore {
         Some(session)
     }
 
-    fn revoke(&self, hash: &TokenHash) -> bool {
+    pub fn revoke(&self, hash: &TokenHash) -> bool {
         let revoked = self.memory.revoke(hash);
         // Durable before the caller answers 204, even if memory no longer had it.
         self.delete_now(&[*hash]);
         revoked
     }
 
-    fn len(&self) -> usize {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn len(&self) -> usize {
         self.memory.len()
     }
 
-    fn list(&self, user: Option<&str>) -> Vec<SessionRecord> {
+    pub fn list(&self, user: Option<&str>) -> Vec<SessionRecord> {
         self.memory.list(user)
     }
 
-    fn revoke_where(&self, which: &Revoke) -> usize {
+    pub fn revoke_where(&self, which: &Revoke) -> usize {
         let hashes = self.memory.revoke_hashes(which);
         self.delete_now(&hashes);
         hashes.len()
@@ -505,3 +512,5 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), vec![0x5a; 8192], "untouched");
     }
 }
+
+super::local_store!(FileStore);

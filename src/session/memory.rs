@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tokio::sync::Notify;
 
 use super::{
-    Created, Revoke, Session, SessionError, SessionInfo, SessionLimits, SessionRecord,
-    SessionStore, TokenHash, token,
+    Created, Revoke, Session, SessionError, SessionInfo, SessionLimits, SessionRecord, TokenHash,
+    token,
 };
 
 struct Entry {
@@ -148,8 +148,11 @@ async fn purge_expired(shared: Arc<Shared>) {
     }
 }
 
-impl SessionStore for MemoryStore {
-    fn create(&self, info: Arc<SessionInfo>, ttl: Duration) -> Result<Created, SessionError> {
+/// Synchronous: everything is answered from memory (the file store also writes
+/// its file), so these never wait on the network. The async [`SessionStore`]
+/// impl calls them.
+impl MemoryStore {
+    pub fn create(&self, info: Arc<SessionInfo>, ttl: Duration) -> Result<Created, SessionError> {
         let token = token::generate();
         let now = Instant::now();
         let deadline = now + ttl;
@@ -201,7 +204,7 @@ impl SessionStore for MemoryStore {
         })
     }
 
-    fn get(&self, hash: &TokenHash) -> Option<Session> {
+    pub fn get(&self, hash: &TokenHash) -> Option<Session> {
         let now = Instant::now();
         let mut state = self.shared.lock();
         let entry = state.entries.get_mut(hash)?;
@@ -221,7 +224,7 @@ impl SessionStore for MemoryStore {
         })
     }
 
-    fn revoke(&self, hash: &TokenHash) -> bool {
+    pub fn revoke(&self, hash: &TokenHash) -> bool {
         let mut state = self.shared.lock();
         match state.remove(hash) {
             Some(e) => e.deadline > Instant::now(),
@@ -229,11 +232,15 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    fn len(&self) -> usize {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn len(&self) -> usize {
         self.shared.lock().entries.len()
     }
 
-    fn list(&self, user: Option<&str>) -> Vec<SessionRecord> {
+    pub fn list(&self, user: Option<&str>) -> Vec<SessionRecord> {
         let state = self.shared.lock();
         let now = Instant::now();
         let record = |hash: &TokenHash, e: &Entry| SessionRecord {
@@ -262,7 +269,7 @@ impl SessionStore for MemoryStore {
         out
     }
 
-    fn revoke_where(&self, which: &Revoke) -> usize {
+    pub fn revoke_where(&self, which: &Revoke) -> usize {
         self.revoke_hashes(which).len()
     }
 }
@@ -455,3 +462,5 @@ mod tests {
         assert_eq!(store.revoke_where(&Revoke::All), 1);
     }
 }
+
+super::local_store!(MemoryStore);

@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod memory;
+pub mod shared;
 pub mod token;
 
 use std::net::IpAddr;
@@ -109,22 +110,72 @@ pub enum SessionError {
     /// `security.max_sessions` live sessions exist already.
     #[error("the server holds its maximum number of sessions; try again later")]
     Full,
+    /// The shared store (Redis) did not answer: the caller gets `503`, never a
+    /// "no such session" that would log a user out or let a revoked one in.
+    #[error("the shared session store is unavailable; try again later")]
+    Unavailable,
 }
 
+/// Where sessions live. Async because the shared store (Redis) answers over the
+/// network; the local stores answer at once.
+#[async_trait::async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Issue a new session; the token's plaintext is not kept.
-    fn create(&self, info: Arc<SessionInfo>, ttl: Duration) -> Result<Created, SessionError>;
+    async fn create(&self, info: Arc<SessionInfo>, ttl: Duration) -> Result<Created, SessionError>;
     /// The live session for a presented token hash, refreshing its idle timer.
-    fn get(&self, hash: &TokenHash) -> Option<Session>;
+    async fn get(&self, hash: &TokenHash) -> Result<Option<Session>, SessionError>;
     /// End a session; `false` if it did not exist (or had already ended).
-    fn revoke(&self, hash: &TokenHash) -> bool;
-    /// Live sessions, for the `portcullis_active_sessions` gauge.
+    async fn revoke(&self, hash: &TokenHash) -> Result<bool, SessionError>;
+    /// Live sessions, for the `portcullis_active_sessions` gauge (the shared store
+    /// answers with its last count, refreshed in the background).
     fn len(&self) -> usize;
     /// Live sessions, of one user or all, for the operator (a scan: not for requests).
-    fn list(&self, user: Option<&str>) -> Vec<SessionRecord>;
+    async fn list(&self, user: Option<&str>) -> Result<Vec<SessionRecord>, SessionError>;
     /// End the sessions `which` names; how many ended.
-    fn revoke_where(&self, which: &Revoke) -> usize;
+    async fn revoke_where(&self, which: &Revoke) -> Result<usize, SessionError>;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
+
+/// The [`SessionStore`] impl of a store whose synchronous methods of the same
+/// names answer from memory.
+macro_rules! local_store {
+    ($t:ty) => {
+        #[async_trait::async_trait]
+        impl super::SessionStore for $t {
+            async fn create(
+                &self,
+                info: std::sync::Arc<super::SessionInfo>,
+                ttl: std::time::Duration,
+            ) -> Result<super::Created, super::SessionError> {
+                <$t>::create(self, info, ttl)
+            }
+            async fn get(
+                &self,
+                hash: &super::TokenHash,
+            ) -> Result<Option<super::Session>, super::SessionError> {
+                Ok(<$t>::get(self, hash))
+            }
+            async fn revoke(&self, hash: &super::TokenHash) -> Result<bool, super::SessionError> {
+                Ok(<$t>::revoke(self, hash))
+            }
+            fn len(&self) -> usize {
+                <$t>::len(self)
+            }
+            async fn list(
+                &self,
+                user: Option<&str>,
+            ) -> Result<Vec<super::SessionRecord>, super::SessionError> {
+                Ok(<$t>::list(self, user))
+            }
+            async fn revoke_where(
+                &self,
+                which: &super::Revoke,
+            ) -> Result<usize, super::SessionError> {
+                Ok(<$t>::revoke_where(self, which))
+            }
+        }
+    };
+}
+use local_store;

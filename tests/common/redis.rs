@@ -88,7 +88,10 @@ impl RedisServer {
         let mut cmd = Command::new(bin);
         let d = self.dir.path();
         cmd.current_dir(d)
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // Every write on disk before it is acknowledged, so a test that stops
+            // and resumes the server finds the sessions it had.
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
             .args(["--daemonize", "no", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(d)
@@ -123,7 +126,11 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server did not listen on {}: {}", self.port, self.log());
+        panic!(
+            "redis-server did not listen on {}: {}",
+            self.port,
+            self.log()
+        );
     }
 
     fn listening(&self) -> bool {
@@ -146,9 +153,25 @@ impl RedisServer {
     /// Stop it by its pid (SIGKILL: like a crash or a pulled cable) and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SIGCONT first: a paused server would otherwise keep its port.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGSTOP / SIGCONT: a Redis that accepts connections but never answers.
+    pub fn pause(&self, paused: bool) {
+        let pid = nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32);
+        let sig = if paused {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        nix::sys::signal::kill(pid, sig).unwrap();
     }
 
     pub fn log(&self) -> String {
@@ -174,7 +197,9 @@ fn which_redis() -> PathBuf {
             return PathBuf::from(p);
         }
     }
-    panic!("redis-server is not installed: run scripts/test (it installs the redis-server package)");
+    panic!(
+        "redis-server is not installed: run scripts/test (it installs the redis-server package)"
+    );
 }
 
 impl Drop for RedisServer {
