@@ -123,7 +123,9 @@ pub fn refusal(e: &AuthError) -> Refusal {
             "dependency_unavailable",
             "unavailable",
         ),
-        AuthError::UnknownConversation => (StatusCode::NOT_FOUND, "not_found", "rejected"),
+        AuthError::UnknownConversation | AuthError::ConversationElsewhere => {
+            (StatusCode::NOT_FOUND, "not_found", "rejected")
+        }
     };
     Refusal {
         status,

@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 
 const TEST_SERVICE: &str = "security.pam_service=portcullis-test";
 const OTP_SERVICE: &str = "security.pam_service=portcullis-test-otp";
-const OTP_KEY: &str = "3132333435363738393031323334353637383930";
 
 fn password(user: &str, pass: &str) -> Value {
     json!({"mechanism": "password", "username": user, "password": pass})
@@ -38,28 +37,6 @@ async fn basic(c: &Client, user: &str, pass: &str) -> Reply {
 
 fn local(ip: &str) -> IpAddr {
     ip.parse().unwrap()
-}
-
-/// Tests that spend pcotp's HOTP codes take turns: two reading the same counter
-/// would race for one code.
-static OTP_COUNTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The next HOTP code pam_oath will accept for pcotp, from its users file.
-fn next_otp() -> String {
-    let line = std::fs::read_to_string("/etc/portcullis-test/users.oath")
-        .expect("scripts/prepare-env writes /etc/portcullis-test/users.oath");
-    let fields: Vec<&str> = line.lines().next().unwrap().split_whitespace().collect();
-    let counter: u64 = fields.get(4).map_or(0, |c| c.parse().unwrap());
-    let next = if fields.len() > 5 {
-        counter + 1
-    } else {
-        counter
-    };
-    let out = std::process::Command::new("oathtool")
-        .args(["--hotp", OTP_KEY, "-c", &next.to_string()])
-        .output()
-        .expect("oathtool is installed by scripts/prepare-env");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 #[tokio::test]

@@ -341,3 +341,111 @@ async fn sessions_outlive_a_daemon_and_idle_ones_end_everywhere() {
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(get_session(&a.client(None), &used).await.status, 401);
 }
+
+const OTP_SERVICE: &str = "security.pam_service=portcullis-test-otp";
+
+#[tokio::test]
+async fn a_conversation_answered_at_another_daemon_is_refused_there_and_goes_on_where_it_began() {
+    let _turn = OTP_COUNTER.lock().await;
+    let redis = RedisServer::start();
+    let (da, db) = (tempdir(), tempdir());
+    let a = daemon(da.path(), &redis, &[OTP_SERVICE]);
+    let b = daemon(db.path(), &redis, &[OTP_SERVICE]);
+    let r = password(&a.client(None), "pcotp", "otp-Secret-5").await;
+    assert_eq!(r.status, 401, "{:?}", r.json());
+    let id = r.json()["conversation"].as_str().unwrap().to_string();
+
+    let stray = answer(&b.client(None), &id, serde_json::json!([next_otp()])).await;
+    assert_eq!(stray.status, 404, "{:?}", stray.json());
+    assert_eq!(stray.json()["error"], "not_found");
+    let message = stray.json()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("another portcullis daemon"), "{message}");
+    wait_for_log(&b, "reason=\"conversation_elsewhere\"").await;
+
+    // The stray answer neither reached PAM nor ended the conversation.
+    let r = answer(&a.client(None), &id, serde_json::json!([next_otp()])).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let token = r.json()["session"].as_str().unwrap().to_string();
+    assert_eq!(get_session(&b.client(None), &token).await.status, 200);
+}
+
+/// `curl` from `source` (a loopback address) trusting `cafile`; status and JSON.
+fn curl(source: &str, cafile: &std::path::Path, url: &str, body: &Value) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--interface", source, "--cacert"])
+        .arg(cafile)
+        .args(["-H", "content-type: application/json", "-d"])
+        .arg(body.to_string())
+        .args(["-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "curl from {source} to {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (json, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(json).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn behind_a_balancer_that_keeps_each_client_on_one_daemon_conversations_complete() {
+    let _turn = OTP_COUNTER.lock().await;
+    let redis = RedisServer::start();
+    let (da, db) = (tempdir(), tempdir());
+    let a = daemon(da.path(), &redis, &[OTP_SERVICE]);
+    // One server certificate for both, as behind any balancer.
+    let tls = [
+        format!("ssl.cert_file={}", a.dir.join("server.pem").display()),
+        format!("ssl.key_file={}", a.dir.join("server.key").display()),
+        format!("ssl.client_ca_file={}", a.ca().display()),
+    ];
+    let b = daemon(db.path(), &redis, &[OTP_SERVICE, &tls[0], &tls[1], &tls[2]]);
+    // The README's recipe: a TCP (stream) balancer, so TLS and client certificates
+    // end at portcullis, choosing the daemon by the client's address.
+    let lb = common::nginx::Nginx::start(&format!(
+        "load_module {}/ngx_stream_module.so;\nevents {{}}\nstream {{\n  upstream portcullis {{\n    hash $remote_addr consistent;\n    server 127.0.0.1:{};\n    server 127.0.0.1:{};\n  }}\n  server {{\n    listen 127.0.0.1:{{port}};\n    proxy_pass portcullis;\n  }}\n}}",
+        common::nginx::MODULES,
+        a.port,
+        b.port
+    ));
+    let bundle = a.ca();
+    let base = format!("https://127.0.0.1:{}", lb.port);
+    let successes = |d: &Daemon| d.log().matches("user=\"pcotp\" result=\"success\"").count();
+    let mut clients = 0;
+    for n in 1..=24 {
+        let source = format!("127.0.0.{n}");
+        let (status, v) = curl(
+            &source,
+            &bundle,
+            &format!("{base}/v1/login"),
+            &serde_json::json!({"mechanism": "password", "username": "pcotp", "password": "otp-Secret-5"}),
+        );
+        assert_eq!(status, 401, "{source}: {v}");
+        let id = v["conversation"].as_str().unwrap();
+        let (status, v) = curl(
+            &source,
+            &bundle,
+            &format!("{base}/v1/login/{id}"),
+            &serde_json::json!({"answers": [next_otp()]}),
+        );
+        assert_eq!(status, 200, "{source}: {v}");
+        clients += 1;
+        if clients >= 4 && successes(&a) > 0 && successes(&b) > 0 {
+            break;
+        }
+    }
+    eprintln!(
+        "{clients} clients through nginx: {} on A, {} on B",
+        successes(&a),
+        successes(&b)
+    );
+    assert!(
+        successes(&a) > 0 && successes(&b) > 0,
+        "the balancer used both daemons"
+    );
+}

@@ -198,6 +198,12 @@ pub enum AuthError {
     /// No live conversation with this id for this client (404).
     #[error("unknown or expired conversation")]
     UnknownConversation,
+    /// The conversation id was made by another daemon (or before a restart): a load
+    /// balancer that does not keep a client on one daemon (404, README "Several daemons").
+    #[error(
+        "unknown conversation: it was started by another portcullis daemon or before a restart; a load balancer in front of several daemons must send each client to the same one"
+    )]
+    ConversationElsewhere,
     /// A dependency (IdP, KDC, NSS source, the blocking pool) is down or saturated (503).
     #[error("{message}")]
     Unavailable {
@@ -216,6 +222,7 @@ impl AuthError {
             AuthError::TooManyAttempts { .. } => "throttled",
             AuthError::PasswordExpired => "password_expired",
             AuthError::UnknownConversation => "unknown_conversation",
+            AuthError::ConversationElsewhere => "conversation_elsewhere",
         }
     }
 

@@ -171,6 +171,9 @@ impl PasswordAuthenticator {
                     }
                     return Err(AuthError::UnknownConversation);
                 }
+                None if !conversation.starts_with(daemon_tag()) => {
+                    return Err(AuthError::ConversationElsewhere);
+                }
                 None => return Err(AuthError::UnknownConversation),
             }
         };
@@ -426,11 +429,26 @@ fn unavailable(reason: &'static str, message: &str) -> AuthError {
     }
 }
 
-/// 256 random bits: a conversation id cannot be guessed.
+/// This process's 8-character mark at the start of every conversation id, so an
+/// answer that a load balancer sent to another daemon (or that outlived a restart)
+/// is told apart from a wrong id. Answers are never relayed between daemons: they
+/// hold one-time codes and new passwords, which must not pass through Redis.
+fn daemon_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let mut raw = [0u8; 6];
+        getrandom::fill(&mut raw).expect("the kernel's CSPRNG is available");
+        URL_SAFE_NO_PAD.encode(raw)
+    })
+}
+
+/// The daemon's tag and 256 random bits: a conversation id cannot be guessed.
 fn new_id() -> String {
     let mut raw = [0u8; 32];
     getrandom::fill(&mut raw).expect("the kernel's CSPRNG is available");
-    URL_SAFE_NO_PAD.encode(raw)
+    let mut id = daemon_tag().to_string();
+    URL_SAFE_NO_PAD.encode_string(raw, &mut id);
+    id
 }
 
 fn id_key(id: &str) -> [u8; 32] {

@@ -4,6 +4,7 @@
 
 pub mod idp;
 pub mod krb;
+pub mod nginx;
 pub mod redis;
 
 use std::io::{BufRead, BufReader};
@@ -491,4 +492,29 @@ pub async fn wait_for_log(d: &Daemon, needle: &str) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("\"{needle}\" never appeared in the log:\n{}", d.log());
+}
+
+/// pcotp's HOTP key in scripts/prepare-env's users file (RFC 4226's test key).
+pub const OTP_KEY: &str = "3132333435363738393031323334353637383930";
+
+/// Tests that spend pcotp's HOTP codes take turns: two reading the same counter
+/// would race for one code.
+pub static OTP_COUNTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The next HOTP code pam_oath will accept for pcotp, from its users file.
+pub fn next_otp() -> String {
+    let line = std::fs::read_to_string("/etc/portcullis-test/users.oath")
+        .expect("scripts/prepare-env writes /etc/portcullis-test/users.oath");
+    let fields: Vec<&str> = line.lines().next().unwrap().split_whitespace().collect();
+    let counter: u64 = fields.get(4).map_or(0, |c| c.parse().unwrap());
+    let next = if fields.len() > 5 {
+        counter + 1
+    } else {
+        counter
+    };
+    let out = std::process::Command::new("oathtool")
+        .args(["--hotp", OTP_KEY, "-c", &next.to_string()])
+        .output()
+        .expect("oathtool is installed by scripts/prepare-env");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
