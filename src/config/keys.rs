@@ -130,7 +130,11 @@ pub static KEYS: &[KeyDef] = &[
         secret: true,
     },
     key("security.session_redis_ca_cert", Kind::Str, "null"),
-    key("security.session_redis_prefix", Kind::Str, r#""portcullis:""#),
+    key(
+        "security.session_redis_prefix",
+        Kind::Str,
+        r#""portcullis:""#,
+    ),
     key("security.oidc.jwks_refetch_interval", Kind::UInt, "60"),
     key("security.oidc.introspection_cache_ttl", Kind::UInt, "0"),
     key("security.oidc.issuer", Kind::Str, "null"),

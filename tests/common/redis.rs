@@ -123,7 +123,11 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server did not listen on {}: {}", self.port, self.log());
+        panic!(
+            "redis-server did not listen on {}: {}",
+            self.port,
+            self.log()
+        );
     }
 
     fn listening(&self) -> bool {
@@ -174,7 +178,9 @@ fn which_redis() -> PathBuf {
             return PathBuf::from(p);
         }
     }
-    panic!("redis-server is not installed: run scripts/test (it installs the redis-server package)");
+    panic!(
+        "redis-server is not installed: run scripts/test (it installs the redis-server package)"
+    );
 }
 
 impl Drop for RedisServer {
