@@ -198,4 +198,20 @@ mod tests {
             assert_eq!(api.body()["error"], code);
         }
     }
+
+    #[test]
+    fn throttle_errors_are_429_or_503_never_401() {
+        use crate::throttle::ThrottleError;
+        let refused = AuthError::from(ThrottleError::Refused { retry_after: 7 });
+        assert_eq!(refused, AuthError::TooManyAttempts { retry_after: 7 });
+        let down = AuthError::from(ThrottleError::Unavailable("connection refused".into()));
+        assert_eq!(down.reason(), "session_store_unavailable");
+        let api = ApiError::from_auth(down, vec![]);
+        assert_eq!(api.status().as_u16(), 503);
+        assert_eq!(api.code(), "dependency_unavailable");
+        assert!(
+            !api.to_string().contains("connection refused"),
+            "the Redis error stays in the log: {api}"
+        );
+    }
 }

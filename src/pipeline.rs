@@ -166,8 +166,8 @@ impl Pipeline {
         // The password mechanism reserves per user and address itself (exact under
         // concurrency); the others are refused once their address used its failures.
         let per_address = mechanism != Mechanism::Password;
-        if per_address && let Err(retry_after) = self.throttle.check_peer(ctx.peer.ip()) {
-            return (Err(AuthError::TooManyAttempts { retry_after }), None);
+        if per_address && let Err(e) = self.throttle.check_peer(ctx.peer.ip()).await {
+            return (Err(e.into()), None);
         }
         let identity = match authenticator.authenticate(credentials, ctx).await {
             Ok(Outcome::Authenticated(identity)) => identity,

@@ -14,6 +14,15 @@
 //! accounts are real. A success clears the user's count (not the address's: one
 //! right password must not buy another thousand guesses). This complements
 //! `pam_faillock`, which locks accounts; this bounds guessing before PAM is asked.
+//!
+//! Two backends: an LRU map in this process (`memory` and `file` stores), or Redis
+//! (`redis` store, SPEC §10) so several daemons together allow no more guesses than
+//! one. In Redis each key is a sorted set scored by Redis's own clock in unix ms
+//! (daemons need not agree on the time), `<prefix>fail:u:<user>` and
+//! `<prefix>fail:a:<address>`, whose members are `r:<id>` for an attempt in flight
+//! and `f:<id>` for a failure. Reserving and settling are one Lua script each, so
+//! both keys change together and parallel attempts on several daemons are counted
+//! exactly. Every key expires one window after its newest member, so nothing lingers.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv6Addr};
@@ -23,6 +32,8 @@ use std::time::Duration;
 
 use lru::LruCache;
 use tokio::time::Instant;
+
+use crate::redis_client::RedisClient;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
@@ -41,7 +52,27 @@ struct Entry {
 pub struct Throttle {
     max: usize,
     window: Duration,
-    keys: Mutex<LruCache<Key, Entry>>,
+    backend: Backend,
+}
+
+enum Backend {
+    /// This process only.
+    Local(Mutex<LruCache<Key, Entry>>),
+    /// Shared by every daemon on the same Redis.
+    Shared(RedisClient),
+}
+
+/// Why an attempt may not go ahead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ThrottleError {
+    /// The user or the address has used up its failures: `429` with this
+    /// `Retry-After` (seconds).
+    #[error("too many failed attempts; retry in {retry_after} s")]
+    Refused { retry_after: u64 },
+    /// The shared counters (Redis) could not be read: `503`, never a guess let
+    /// through unchecked. Carries the Redis error for the log.
+    #[error("the shared failed-attempt counters (Redis) are unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Keys tracked at most; the least recently used go first. At ~150 bytes a key this
@@ -70,6 +101,7 @@ pub fn peer_key(ip: IpAddr) -> IpAddr {
 }
 
 impl Throttle {
+    /// Counters in this process (the `memory` and `file` session stores).
     pub fn new(max: u64, window: Duration) -> Self {
         Self::with_capacity(max, window, CAPACITY)
     }
@@ -78,18 +110,27 @@ impl Throttle {
         Throttle {
             max: max as usize,
             window,
-            keys: Mutex::new(LruCache::new(
+            backend: Backend::Local(Mutex::new(LruCache::new(
                 NonZeroUsize::new(capacity.max(2)).expect("at least 2"),
-            )),
+            ))),
+        }
+    }
+
+    /// Counters in Redis, shared by every daemon using it (the `redis` session
+    /// store, SPEC §10). An attempt a daemon reserved and never settled (it
+    /// crashed, or Redis was unreachable when the outcome was known) stays in the
+    /// set until it leaves the window: an abandoned attempt counts as a failure
+    /// (SPEC §9), so a lost write never lets an extra guess through.
+    pub fn shared(max: u64, window: Duration, redis: RedisClient) -> Self {
+        Throttle {
+            max: max as usize,
+            window,
+            backend: Backend::Shared(redis),
         }
     }
 
     pub fn enabled(&self) -> bool {
         self.max > 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<Key, Entry>> {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn keys(user: Option<&str>, peer: IpAddr) -> impl Iterator<Item = Key> {
@@ -135,62 +176,135 @@ impl Throttle {
         wait.as_millis().div_ceil(1000).max(1) as u64
     }
 
-    /// Reserve a place for a password attempt by `user` from `peer`; `Err(seconds)`
-    /// when the user or the address has used up its failures (reservations included).
-    pub fn reserve(self: &Arc<Self>, user: &str, peer: IpAddr) -> Result<Attempt, u64> {
-        let attempt = Attempt {
+    fn refused(wait: Duration) -> Result<(), ThrottleError> {
+        if wait.is_zero() {
+            Ok(())
+        } else {
+            Err(ThrottleError::Refused {
+                retry_after: Self::retry_after(wait),
+            })
+        }
+    }
+
+    /// Reserve a place for a password attempt by `user` from `peer`; refused when
+    /// the user or the address has used up its failures (reservations included),
+    /// unavailable when the shared counters cannot be reached.
+    pub async fn reserve(
+        self: &Arc<Self>,
+        user: &str,
+        peer: IpAddr,
+    ) -> Result<Attempt, ThrottleError> {
+        let mut attempt = Attempt {
             throttle: self.clone(),
             user: Some(user_key(user)),
             peer,
-            settled: !self.enabled(),
+            id: String::new(),
+            settled: true,
         };
         if !self.enabled() {
             return Ok(attempt);
         }
+        match &self.backend {
+            Backend::Local(keys) => Self::refused(self.reserve_local(keys, user, peer))?,
+            Backend::Shared(redis) => {
+                attempt.id = random_id();
+                let wait = shared::reserve(redis, self, &user_key(user), peer, &attempt.id)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "failed-attempt counters in Redis unavailable; login refused with 503");
+                        ThrottleError::Unavailable(e.to_string())
+                    })?;
+                Self::refused(wait)?
+            }
+        }
+        attempt.settled = false;
+        Ok(attempt)
+    }
+
+    fn reserve_local(
+        &self,
+        keys: &Mutex<LruCache<Key, Entry>>,
+        user: &str,
+        peer: IpAddr,
+    ) -> Duration {
         let now = Instant::now();
-        let mut map = self.lock();
+        let mut map = lock(keys);
         let mut wait = Duration::ZERO;
         for key in Self::keys(Some(user), peer) {
             wait = wait.max(self.wait(&mut map, &key, now, true));
         }
-        if !wait.is_zero() {
-            return Err(Self::retry_after(wait));
+        if wait.is_zero() {
+            for key in Self::keys(Some(user), peer) {
+                map.get_or_insert_mut(key, Entry::default).in_flight += 1;
+            }
         }
-        for key in Self::keys(Some(user), peer) {
-            map.get_or_insert_mut(key, Entry::default).in_flight += 1;
-        }
-        Ok(attempt)
+        wait
     }
 
     /// For mechanisms whose failures only count against the address (certificate,
-    /// Kerberos, OIDC): `Err(seconds)` when the address has used up its failures.
-    pub fn check_peer(&self, peer: IpAddr) -> Result<(), u64> {
+    /// Kerberos, OIDC): refused when the address has used up its failures (attempts
+    /// in flight not counted), unavailable when the shared counters cannot be reached.
+    pub async fn check_peer(&self, peer: IpAddr) -> Result<(), ThrottleError> {
         if !self.enabled() {
             return Ok(());
         }
-        let wait = self.wait(
-            &mut self.lock(),
-            &Key::Peer(peer_key(peer)),
-            Instant::now(),
-            false,
-        );
-        if wait.is_zero() {
-            Ok(())
-        } else {
-            Err(Self::retry_after(wait))
-        }
+        let wait = match &self.backend {
+            Backend::Local(keys) => self.wait(
+                &mut lock(keys),
+                &Key::Peer(peer_key(peer)),
+                Instant::now(),
+                false,
+            ),
+            Backend::Shared(redis) => shared::check_peer(redis, self, peer).await.map_err(|e| {
+                tracing::warn!(error = %e, "failed-attempt counters in Redis unavailable; login refused with 503");
+                ThrottleError::Unavailable(e.to_string())
+            })?,
+        };
+        Self::refused(wait)
     }
 
     /// A failed login of a mechanism without a reservation (counts for the address).
     pub fn peer_failure(&self, peer: IpAddr) {
         if self.enabled() {
-            self.settle(None, peer, Settle::Failure, false);
+            self.settle(None, peer, Settle::Failure, None);
         }
     }
 
-    fn settle(&self, user: Option<&str>, peer: IpAddr, how: Settle, reserved: bool) {
+    /// Record an outcome; `reservation` is the reserved attempt's id (empty for the
+    /// local backend), `None` when nothing was reserved. In Redis the write runs in
+    /// a task of its own, so callers never wait for it.
+    fn settle(&self, user: Option<&str>, peer: IpAddr, how: Settle, reservation: Option<&str>) {
+        match &self.backend {
+            Backend::Local(keys) => self.settle_local(keys, user, peer, how, reservation.is_some()),
+            Backend::Shared(redis) => {
+                let id = match reservation {
+                    Some(id) => id.to_string(),
+                    None => random_id(),
+                };
+                shared::spawn_settle(
+                    redis.clone(),
+                    self.window,
+                    self.max,
+                    user.map(user_key),
+                    peer,
+                    how,
+                    id,
+                    reservation.is_some(),
+                );
+            }
+        }
+    }
+
+    fn settle_local(
+        &self,
+        keys: &Mutex<LruCache<Key, Entry>>,
+        user: Option<&str>,
+        peer: IpAddr,
+        how: Settle,
+        reserved: bool,
+    ) {
         let now = Instant::now();
-        let mut map = self.lock();
+        let mut map = lock(keys);
         for key in Self::keys(user, peer) {
             let is_user = matches!(key, Key::User(_));
             let e = map.get_or_insert_mut(key.clone(), Entry::default);
@@ -215,11 +329,25 @@ impl Throttle {
 
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.lock().len()
+        match &self.backend {
+            Backend::Local(keys) => lock(keys).len(),
+            Backend::Shared(_) => 0,
+        }
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+fn lock(keys: &Mutex<LruCache<Key, Entry>>) -> std::sync::MutexGuard<'_, LruCache<Key, Entry>> {
+    keys.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// 96 random bits in hex: tells one attempt's members from another's.
+fn random_id() -> String {
+    let mut raw = [0u8; 12];
+    getrandom::fill(&mut raw).expect("the kernel's CSPRNG is available");
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Settle {
     Success,
     Failure,
@@ -233,15 +361,21 @@ pub struct Attempt {
     throttle: Arc<Throttle>,
     user: Option<String>,
     peer: IpAddr,
+    /// The reservation's id in Redis (empty for the local backend).
+    id: String,
     settled: bool,
 }
 
 impl Attempt {
     fn finish(mut self, how: Settle) {
-        self.settled = true;
-        if self.throttle.enabled() {
+        self.settle(how);
+    }
+
+    fn settle(&mut self, how: Settle) {
+        if !self.settled {
+            self.settled = true;
             self.throttle
-                .settle(self.user.as_deref(), self.peer, how, true);
+                .settle(self.user.as_deref(), self.peer, how, Some(&self.id));
         }
     }
 
@@ -264,13 +398,211 @@ impl Attempt {
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        if !self.settled {
-            self.settled = true;
-            if self.throttle.enabled() {
-                self.throttle
-                    .settle(self.user.as_deref(), self.peer, Settle::Failure, true);
+        self.settle(Settle::Failure);
+    }
+}
+
+/// The Redis backend: one Lua script per operation, so both keys of an attempt
+/// change together and no other daemon sees half of it.
+mod shared {
+    use std::net::IpAddr;
+    use std::sync::LazyLock;
+    use std::time::Duration;
+
+    use redis::{RedisError, Script};
+
+    use super::{Settle, Throttle, peer_key};
+    use crate::redis_client::RedisClient;
+
+    /// Shared by the scripts: Redis's clock in unix ms, and the wait (ms) before
+    /// `key` has room for one more attempt (0: room now), counting reservations
+    /// when `pending_counts`. Members older than the window are dropped first.
+    /// Like the local backend, the wait runs until the failure that must leave
+    /// does; if reservations alone fill the key, 1 s.
+    const PRELUDE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local max = tonumber(ARGV[2])
+local function wait(key, pending_counts)
+  local all = redis.call('ZRANGEBYSCORE', key, '(' .. string.format('%d', now - window), '+inf', 'WITHSCORES')
+  if #all / 2 < max then return 0 end
+  local fails = {}
+  local pending = 0
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, 2) == 'f:' then
+      fails[#fails + 1] = tonumber(all[i + 1])
+    else
+      pending = pending + 1
+    end
+  end
+  if not pending_counts then pending = 0 end
+  if #fails + pending < max then return 0 end
+  local need = max - pending
+  if need <= 0 then return 1000 end
+  local w = fails[#fails - need + 1] + window - now
+  if w < 1 then w = 1 end
+  return w
+end
+"#;
+
+    /// KEYS: the address key, the user key. ARGV: window ms, max, id.
+    /// Returns 0 with `r:<id>` added to both keys, or the wait in ms.
+    static RESERVE: LazyLock<Script> = LazyLock::new(|| {
+        Script::new(&format!(
+            "{PRELUDE}{}",
+            r#"
+local longest = 0
+for _, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', now - window))
+  local w = wait(key, true)
+  if w > longest then longest = w end
+end
+if longest > 0 then return longest end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, string.format('%d', now), 'r:' .. ARGV[3])
+  redis.call('PEXPIRE', key, window)
+end
+return 0
+"#
+        ))
+    });
+
+    /// KEYS: the address key. ARGV: window ms, max. Failures only, read only.
+    static CHECK_PEER: LazyLock<Script> =
+        LazyLock::new(|| Script::new(&format!("{PRELUDE}return wait(KEYS[1], false)\n")));
+
+    /// KEYS: the address key, then the user key if any. ARGV: window ms, max, id,
+    /// outcome (`f` failure, `s` success, `n` neutral), `1` if `r:<id>` was reserved.
+    /// A failure adds `f:<id>` (at most `max` failures are kept); a success drops
+    /// the user's failures (KEYS[2]), never the address's.
+    static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+        Script::new(&format!(
+            "{PRELUDE}{}",
+            r#"
+local id, how, reserved = ARGV[3], ARGV[4], ARGV[5] == '1'
+local keep = math.max(max, 1)
+for i, key in ipairs(KEYS) do
+  if reserved then redis.call('ZREM', key, 'r:' .. id) end
+  if how == 'f' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', now - window))
+    redis.call('ZADD', key, string.format('%d', now), 'f:' .. id)
+    if redis.call('ZCARD', key) > keep then
+      local members = redis.call('ZRANGE', key, 0, -1)
+      local fails = 0
+      for _, m in ipairs(members) do
+        if string.sub(m, 1, 2) == 'f:' then fails = fails + 1 end
+      end
+      for _, m in ipairs(members) do
+        if fails <= keep then break end
+        if string.sub(m, 1, 2) == 'f:' then
+          redis.call('ZREM', key, m)
+          fails = fails - 1
+        end
+      end
+    end
+    redis.call('PEXPIRE', key, window)
+  elseif how == 's' and i == 2 then
+    for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+      if string.sub(m, 1, 2) == 'f:' then redis.call('ZREM', key, m) end
+    end
+  end
+end
+return 0
+"#
+        ))
+    });
+
+    fn user_set(redis: &RedisClient, user: &str) -> String {
+        redis.key(&format!("fail:u:{user}"))
+    }
+
+    fn peer_set(redis: &RedisClient, peer: IpAddr) -> String {
+        redis.key(&format!("fail:a:{}", peer_key(peer)))
+    }
+
+    fn window_ms(window: Duration) -> u64 {
+        (window.as_millis() as u64).max(1)
+    }
+
+    pub(super) async fn reserve(
+        redis: &RedisClient,
+        t: &Throttle,
+        user: &str,
+        peer: IpAddr,
+        id: &str,
+    ) -> Result<Duration, RedisError> {
+        let ms: u64 = RESERVE
+            .key(peer_set(redis, peer))
+            .key(user_set(redis, user))
+            .arg(window_ms(t.window))
+            .arg(t.max)
+            .arg(id)
+            .invoke_async(&mut redis.conn())
+            .await?;
+        Ok(Duration::from_millis(ms))
+    }
+
+    pub(super) async fn check_peer(
+        redis: &RedisClient,
+        t: &Throttle,
+        peer: IpAddr,
+    ) -> Result<Duration, RedisError> {
+        let ms: u64 = CHECK_PEER
+            .key(peer_set(redis, peer))
+            .arg(window_ms(t.window))
+            .arg(t.max)
+            .invoke_async(&mut redis.conn())
+            .await?;
+        Ok(Duration::from_millis(ms))
+    }
+
+    /// Write an outcome from a task of its own; a failed write is logged and
+    /// otherwise harmless (a reservation left behind counts as a failure).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn spawn_settle(
+        redis: RedisClient,
+        window: Duration,
+        max: usize,
+        user: Option<String>,
+        peer: IpAddr,
+        how: Settle,
+        id: String,
+        reserved: bool,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                ?how,
+                "login outcome not recorded in Redis (no runtime); a reservation counts as a failure until the window passes"
+            );
+            return;
+        };
+        runtime.spawn(async move {
+            let mut script = SETTLE.key(peer_set(&redis, peer));
+            if let Some(user) = &user {
+                script.key(user_set(&redis, user));
             }
-        }
+            let outcome = match how {
+                Settle::Failure => "f",
+                Settle::Success => "s",
+                Settle::Neutral => "n",
+            };
+            let result: Result<i64, RedisError> = script
+                .arg(window_ms(window))
+                .arg(max)
+                .arg(&id)
+                .arg(outcome)
+                .arg(if reserved { "1" } else { "0" })
+                .invoke_async(&mut redis.conn())
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(
+                    error = %e,
+                    ?how,
+                    "login outcome not recorded in Redis; a reservation counts as a failure until the window passes"
+                );
+            }
+        });
     }
 }
 
@@ -281,6 +613,10 @@ mod tests {
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
+    fn refused(retry_after: u64) -> ThrottleError {
+        ThrottleError::Refused { retry_after }
+    }
+
     fn t(max: u64) -> Arc<Throttle> {
         Arc::new(Throttle::new(max, Duration::from_secs(60)))
     }
@@ -289,38 +625,44 @@ mod tests {
     async fn the_sixth_failure_in_the_window_is_refused_until_it_passes() {
         let t = t(5);
         for _ in 0..5 {
-            t.reserve("alice", A).unwrap().failed();
+            t.reserve("alice", A).await.unwrap().failed();
         }
         assert_eq!(
-            t.reserve("alice", B).err(),
-            Some(60),
+            t.reserve("alice", B).await.err(),
+            Some(refused(60)),
             "per user, from any address"
         );
         assert_eq!(
-            t.reserve("bob", A).err(),
-            Some(60),
+            t.reserve("bob", A).await.err(),
+            Some(refused(60)),
             "per address, for any user"
         );
-        assert_eq!(t.check_peer(A), Err(60));
-        assert!(t.reserve("bob", B).is_ok());
+        assert_eq!(t.check_peer(A).await, Err(refused(60)));
+        assert!(t.reserve("bob", B).await.is_ok());
         tokio::time::sleep(Duration::from_secs(61)).await;
-        assert!(t.reserve("alice", A).is_ok());
+        assert!(t.reserve("alice", A).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn attempts_in_flight_count_against_the_limit() {
         let t = t(5);
-        let held: Vec<Attempt> = (0..5).map(|_| t.reserve("alice", A).unwrap()).collect();
+        let mut held: Vec<Attempt> = Vec::new();
+        for _ in 0..5 {
+            held.push(t.reserve("alice", A).await.unwrap());
+        }
         assert!(
-            t.reserve("alice", B).is_err(),
+            t.reserve("alice", B).await.is_err(),
             "five guesses already in flight"
         );
-        assert!(t.reserve("carol", A).is_err(), "and from this address");
+        assert!(
+            t.reserve("carol", A).await.is_err(),
+            "and from this address"
+        );
         for a in held {
             a.neutral();
         }
         assert!(
-            t.reserve("alice", B).is_ok(),
+            t.reserve("alice", B).await.is_ok(),
             "neutral outcomes free the places"
         );
     }
@@ -328,14 +670,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn success_clears_the_user_but_not_the_address() {
         let t = t(2);
-        t.reserve("alice", A).unwrap().failed();
-        t.reserve("alice", A).unwrap().failed();
-        assert!(t.reserve("alice", B).is_err());
+        t.reserve("alice", A).await.unwrap().failed();
+        t.reserve("alice", A).await.unwrap().failed();
+        assert!(t.reserve("alice", B).await.is_err());
         // A success from elsewhere before the limit was hit (simulated directly).
-        t.settle(Some("alice"), B, Settle::Success, false);
-        assert!(t.reserve("alice", B).is_ok());
+        t.settle(Some("alice"), B, Settle::Success, None);
+        assert!(t.reserve("alice", B).await.is_ok());
         assert!(
-            t.reserve("alice", A).is_err(),
+            t.reserve("alice", A).await.is_err(),
             "the address keeps its failures"
         );
     }
@@ -343,8 +685,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dropped_attempt_is_a_failure() {
         let t = t(1);
-        drop(t.reserve("alice", A).unwrap());
-        assert!(t.reserve("alice", B).is_err());
+        drop(t.reserve("alice", A).await.unwrap());
+        assert!(t.reserve("alice", B).await.is_err());
     }
 
     #[test]
@@ -364,9 +706,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn case_and_domain_variants_share_a_budget() {
         let t = t(2);
-        t.reserve("ALICE", A).unwrap().failed();
-        t.reserve("alice@EXAMPLE.COM", B).unwrap().failed();
-        assert!(t.reserve("alice", "127.0.0.3".parse().unwrap()).is_err());
+        t.reserve("ALICE", A).await.unwrap().failed();
+        t.reserve("alice@EXAMPLE.COM", B).await.unwrap().failed();
+        assert!(
+            t.reserve("alice", "127.0.0.3".parse().unwrap())
+                .await
+                .is_err()
+        );
     }
 
     #[test]
@@ -378,12 +724,12 @@ mod tests {
         assert_eq!(t.tracked(), 100);
     }
 
-    #[test]
-    fn zero_disables() {
+    #[tokio::test]
+    async fn zero_disables() {
         let t = t(0);
-        t.reserve("alice", A).unwrap().failed();
+        t.reserve("alice", A).await.unwrap().failed();
         t.peer_failure(A);
-        assert!(t.reserve("alice", A).is_ok());
-        assert!(t.check_peer(A).is_ok());
+        assert!(t.reserve("alice", A).await.is_ok());
+        assert!(t.check_peer(A).await.is_ok());
     }
 }

@@ -449,3 +449,34 @@ async fn behind_a_balancer_that_keeps_each_client_on_one_daemon_conversations_co
         "the balancer used both daemons"
     );
 }
+
+#[tokio::test]
+async fn guesses_alternating_between_two_daemons_get_no_more_than_one_daemons_limit() {
+    let mut redis = RedisServer::start();
+    let (da, db) = (tempdir(), tempdir());
+    let limits = [
+        "security.pam_service=portcullis-test",
+        "security.max_failed_attempts=3",
+    ];
+    let a = daemon(da.path(), &redis, &limits);
+    let b = daemon(db.path(), &redis, &limits);
+    let (ca, cb) = (a.client(None), b.client(None));
+    for (i, c) in [&ca, &cb, &ca].into_iter().enumerate() {
+        let r = password(c, "pcbob", &format!("wrong-{i}")).await;
+        assert_eq!(r.status, 401, "guess {i}: {:?}", r.json());
+    }
+    for c in [&cb, &ca] {
+        let r = password(c, "PCBOB", "wrong-again").await;
+        assert_eq!(r.status, 429, "{:?}", r.json());
+        assert_eq!(r.json()["error"], "too_many_attempts");
+        // Not even the right password is tried while the budget is spent.
+        let r = password(c, "pcbob", "bob-Secret-2").await;
+        assert_eq!(r.status, 429, "{:?}", r.json());
+    }
+
+    // No Redis, no verdict: 503, never a 401 that would count or a pass.
+    redis.stop();
+    let r = password(&ca, "pcalice", "alice-Secret-1").await;
+    assert_eq!(r.status, 503, "{:?}", r.json());
+    assert_eq!(r.json()["error"], "dependency_unavailable");
+}

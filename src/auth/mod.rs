@@ -252,6 +252,22 @@ impl From<crate::blocking::PoolError> for AuthError {
     }
 }
 
+/// Too many failures is a `429`; shared counters out of reach (Redis down) is an
+/// outage, `503`: never a `401`, and never a guess let through unchecked.
+impl From<crate::throttle::ThrottleError> for AuthError {
+    fn from(e: crate::throttle::ThrottleError) -> Self {
+        match e {
+            crate::throttle::ThrottleError::Refused { retry_after } => {
+                AuthError::TooManyAttempts { retry_after }
+            }
+            crate::throttle::ThrottleError::Unavailable(_) => AuthError::Unavailable {
+                reason: "session_store_unavailable",
+                message: "the shared session store (Redis) is unavailable; try again later".into(),
+            },
+        }
+    }
+}
+
 pub trait Authenticator: Send + Sync {
     fn mechanism(&self) -> Mechanism;
 

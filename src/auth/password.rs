@@ -132,10 +132,7 @@ impl PasswordAuthenticator {
         }
         let peer = ctx.peer.ip();
         // Reserved before PAM is asked, so parallel guesses cannot all pass the check.
-        let attempt = self
-            .throttle
-            .reserve(&username, peer)
-            .map_err(|retry_after| AuthError::TooManyAttempts { retry_after })?;
+        let attempt = self.throttle.reserve(&username, peer).await?;
         let (events_tx, events) = unbounded_channel();
         let settings = self.settings.clone();
         let rhost = peer.to_string();

@@ -207,14 +207,24 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
     let metrics = Arc::new(Metrics::new());
     let pools = Pools::new(&config, &metrics);
     let sec = &config.security;
+    // The Redis of the redis store, one client (one multiplexed connection) for
+    // everything kept there; it connects lazily, so a Redis that is down at start
+    // means 503s until it comes up, not a failed start (SPEC §10).
+    let redis: Option<RedisClient> = match sec.session_store {
+        SessionStoreKind::Redis => Some(open_redis(&config)?),
+        SessionStoreKind::Memory | SessionStoreKind::File => None,
+    };
     // One throttle for every mechanism: failures of any kind count per address.
-    let throttle = Arc::new(Throttle::new(
-        sec.max_failed_attempts,
-        Duration::from_secs(sec.failed_attempt_window),
-    ));
+    // With the redis store its counters are in Redis, shared by every daemon.
+    let max = sec.max_failed_attempts;
+    let window = Duration::from_secs(sec.failed_attempt_window);
+    let throttle = Arc::new(match &redis {
+        Some(client) => Throttle::shared(max, window, client.clone()),
+        None => Throttle::new(max, window),
+    });
     let authenticators = authenticators(&config, &pools, &throttle).map_err(StartError::Config)?;
     let directory = Directory::new(pools.nss, Duration::from_secs(sec.group_cache_ttl));
-    let sessions = open_sessions(&config)?;
+    let sessions = open_sessions(&config, redis)?;
     let pipeline = Pipeline::new(
         authenticators,
         directory,
@@ -236,9 +246,29 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
     })
 }
 
+/// The client for `security.session_redis_url` (the redis store).
+fn open_redis(config: &Config) -> Result<RedisClient, StartError> {
+    let sec = &config.security;
+    let url = sec.session_redis_url.as_deref().ok_or_else(|| {
+        StartError::Config(
+            "\"security.session_store\" is redis but \"security.session_redis_url\" is not set"
+                .into(),
+        )
+    })?;
+    RedisClient::open(
+        url,
+        sec.session_redis_ca_cert.as_deref(),
+        &sec.session_redis_prefix,
+    )
+    .map_err(StartError::Config)
+}
+
 /// The session store of `security.session_store`; a file that cannot be used stops
 /// startup with its name (never a silent reset).
-fn open_sessions(config: &Config) -> Result<Arc<dyn SessionStore>, StartError> {
+fn open_sessions(
+    config: &Config,
+    redis: Option<RedisClient>,
+) -> Result<Arc<dyn SessionStore>, StartError> {
     let sec = &config.security;
     let idle = Some(Duration::from_secs(sec.session_idle_timeout));
     let limits = SessionLimits {
@@ -257,18 +287,10 @@ fn open_sessions(config: &Config) -> Result<Arc<dyn SessionStore>, StartError> {
                     .map_err(|e| StartError::Config(e.to_string()))?,
             )
         }
-        SessionStoreKind::Redis => {
-            let url = sec.session_redis_url.as_deref().ok_or_else(|| {
-                StartError::Config("security.session_redis_url is not set".into())
-            })?;
-            let client = RedisClient::open(
-                url,
-                sec.session_redis_ca_cert.as_deref(),
-                &sec.session_redis_prefix,
-            )
-            .map_err(StartError::Config)?;
-            Arc::new(RedisStore::new(client, idle, limits))
-        }
+        SessionStoreKind::Redis => match redis {
+            Some(client) => Arc::new(RedisStore::new(client, idle, limits)),
+            None => open_redis(config).map(|c| Arc::new(RedisStore::new(c, idle, limits)))?,
+        },
     })
 }
 
