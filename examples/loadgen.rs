@@ -125,6 +125,10 @@ struct Args {
     /// Append each 2xx response's latency in µs, one a line (to pool several runs)
     #[arg(long, value_name = "FILE")]
     latencies: Option<PathBuf>,
+    /// Send "Authorization: Bearer <token>" with the next token of this file (one a
+    /// line) per request, round robin: checks of many distinct sessions
+    #[arg(long, value_name = "FILE", conflicts_with = "negotiate")]
+    bearer_file: Option<PathBuf>,
     /// Mechanism of the --negotiate tokens
     #[arg(long, value_enum, default_value_t = NegotiateMech::Spnego, requires = "negotiate")]
     negotiate_mech: NegotiateMech,
@@ -190,6 +194,9 @@ struct Target {
     /// Protocol, cipher suite and key exchange of the first TLS connection.
     tls_info: OnceLock<String>,
     negotiate: Option<Arc<Negotiate>>,
+    /// `--bearer-file`'s headers and the index of the next one.
+    bearers: Vec<HeaderValue>,
+    next_bearer: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -333,6 +340,17 @@ fn target(args: &Args) -> Result<Target, String> {
             .negotiate
             .as_deref()
             .map(|spn| Arc::new(Negotiate::new(spn, args.negotiate_mech))),
+        bearers: match &args.bearer_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("--bearer-file {}: {e}", path.display()))?
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|t| HeaderValue::from_str(&format!("Bearer {}", t.trim())))
+                .collect::<Result<_, _>>()
+                .map_err(|_| "--bearer-file: a line is not a header value".to_string())?,
+            None => Vec::new(),
+        },
+        next_bearer: std::sync::atomic::AtomicUsize::new(0),
     })
 }
 
@@ -483,6 +501,14 @@ async fn request(
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     *req.headers_mut() = target.headers.clone();
+    let authorization = authorization.or_else(|| {
+        (!target.bearers.is_empty()).then(|| {
+            let i = target
+                .next_bearer
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            target.bearers[i % target.bearers.len()].clone()
+        })
+    });
     if let Some(value) = authorization {
         req.headers_mut().insert(header::AUTHORIZATION, value);
     }

@@ -153,6 +153,14 @@ async fn per_user_and_total_bounds_hold_across_daemons() {
         assert_eq!(get_session(&c, &third).await.status, 200);
     }
     wait_for_log(&a, "reason=\"max_sessions_per_user\"").await;
+    // A logged-out session makes room: the next login evicts nobody.
+    assert_eq!(delete_session(&a.client(None), &third).await.status, 204);
+    let fourth = b.cert_session("pcalice").await;
+    for d in [&a, &b] {
+        let c = d.client(None);
+        assert_eq!(get_session(&c, &second).await.status, 200, "not evicted");
+        assert_eq!(get_session(&c, &fourth).await.status, 200);
+    }
     let _bob = b.cert_session("pcbob").await;
     // Three live sessions in all: the next login anywhere is refused.
     let r = a

@@ -47,8 +47,8 @@ const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// Pause before subscribing again after the subscription dropped.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(250);
 
-/// Create: prune the user's ended sessions, refuse at `max_sessions`, store the
-/// session, evict the user's oldest beyond `max_sessions_per_user`.
+/// Create: refuse at `max_sessions`, store the session, evict the user's oldest
+/// live sessions beyond `max_sessions_per_user`.
 /// KEYS: session, user index, all. ARGV: value, end (ms), first deadline (ms),
 /// now (ms), per-user bound, total bound, hash hex, key prefix, channel.
 /// Returns the evicted hashes, or nil when the store is full.
@@ -65,19 +65,24 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[7])
-for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if redis.call('EXISTS', prefix .. 's:' .. m) == 0 then
-    redis.call('ZREM', KEYS[2], m)
-    redis.call('ZREM', KEYS[3], m)
-  end
-end
+-- Over the bound: drop the entries of ended sessions (logged out, idle), then evict
+-- the oldest live ones. This scan only runs for a user at the bound, and leaves the
+-- index no longer than the bound.
 local evicted = {}
-while redis.call('ZCARD', KEYS[2]) > tonumber(ARGV[5]) do
-  local oldest = redis.call('ZPOPMIN', KEYS[2])[1]
-  redis.call('DEL', prefix .. 's:' .. oldest)
-  redis.call('ZREM', KEYS[3], oldest)
-  redis.call('PUBLISH', ARGV[9], 'h:' .. oldest)
-  table.insert(evicted, oldest)
+if redis.call('ZCARD', KEYS[2]) > tonumber(ARGV[5]) then
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    if redis.call('EXISTS', prefix .. 's:' .. m) == 0 then
+      redis.call('ZREM', KEYS[2], m)
+      redis.call('ZREM', KEYS[3], m)
+    end
+  end
+  while redis.call('ZCARD', KEYS[2]) > tonumber(ARGV[5]) do
+    local oldest = redis.call('ZPOPMIN', KEYS[2])[1]
+    redis.call('DEL', prefix .. 's:' .. oldest)
+    redis.call('ZREM', KEYS[3], oldest)
+    redis.call('PUBLISH', ARGV[9], 'h:' .. oldest)
+    table.insert(evicted, oldest)
+  end
 end
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) - tonumber(ARGV[4]) then
   redis.call('PEXPIREAT', KEYS[2], ARGV[2])
