@@ -53,11 +53,20 @@ pub enum Revoke {
 impl TokenHash {
     /// The operator's name for a session.
     pub fn short_id(&self) -> String {
-        self.0[..6].iter().map(|b| format!("{b:02x}")).collect()
+        let mut id = self.hex();
+        id.truncate(12);
+        id
     }
 
-    fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    /// The hash in lower-case hex (the shared store's keys; on every uncached check).
+    pub fn hex(&self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(DIGITS[usize::from(b >> 4)] as char);
+            s.push(DIGITS[usize::from(b & 15)] as char);
+        }
+        s
     }
 
     /// Whether `id` (at least 12 hex characters) names this session.

@@ -156,10 +156,6 @@ fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
-fn hex(hash: &TokenHash) -> String {
-    hash.0.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn from_hex(s: &str) -> Option<TokenHash> {
     if s.len() != 64 {
         return None;
@@ -254,7 +250,9 @@ impl Inner {
     }
 
     fn key_of(&self, hash: &TokenHash) -> String {
-        self.redis.key(&format!("s:{}", hex(hash)))
+        let mut k = self.redis.key("s:");
+        k.push_str(&hash.hex());
+        k
     }
 
     /// Every session key, in batches (an operator's scan, not a request's).
@@ -407,7 +405,7 @@ impl SessionStore for RedisStore {
         };
         let value =
             serde_json::to_string(&Stored::new(&info, expires_at)).expect("a session serialises");
-        let h = hex(&token.hash);
+        let h = token.hash.hex();
         let mut conn = inner.redis.conn();
         let evicted: Option<Vec<String>> = inner
             .scripts
@@ -450,17 +448,20 @@ impl SessionStore for RedisStore {
             }
             cache.epoch
         };
-        let idle = inner.idle.map_or(0, |d| d.as_millis() as u64);
         let mut conn = inner.redis.conn();
-        let value: Option<Vec<u8>> = inner
-            .scripts
-            .get
-            .key(inner.key_of(hash))
-            .arg(idle)
-            .arg(millis(SystemTime::now()))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let value: Option<Vec<u8>> = match inner.idle {
+            // The idle deadline moves with each check: read and extend in one script.
+            Some(idle) => inner
+                .scripts
+                .get
+                .key(inner.key_of(hash))
+                .arg(idle.as_millis() as u64)
+                .arg(millis(SystemTime::now()))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?,
+            None => conn.get(inner.key_of(hash)).await.map_err(unavailable)?,
+        };
         let Some((info, expires_at)) = value.as_deref().and_then(decode) else {
             return Ok(None);
         };
@@ -483,8 +484,8 @@ impl SessionStore for RedisStore {
     async fn revoke(&self, hash: &TokenHash) -> Result<bool, SessionError> {
         // Dropped here first: this daemon must not answer from its cache even if
         // its own message comes back late.
-        self.inner.invalidate(&format!("h:{}", hex(hash)));
-        Ok(self.inner.revoke_keys(&[hex(hash)]).await? > 0)
+        self.inner.invalidate(&format!("h:{}", hash.hex()));
+        Ok(self.inner.revoke_keys(&[hash.hex()]).await? > 0)
     }
 
     fn len(&self) -> usize {
@@ -575,7 +576,7 @@ mod tests {
     #[test]
     fn hashes_round_trip_through_hex() {
         let h = token::generate().hash;
-        assert_eq!(from_hex(&hex(&h)), Some(h));
+        assert_eq!(from_hex(&h.hex()), Some(h));
         assert_eq!(from_hex("zz"), None);
         assert_eq!(from_hex(&"g".repeat(64)), None);
     }
