@@ -119,7 +119,44 @@ pub struct Security {
     pub session_redis_ca_cert: Option<PathBuf>,
     /// Every key the daemon writes to Redis starts with this.
     pub session_redis_prefix: String,
+    /// `opaque` (`pcs_` tokens) or `jwt` (signed by the daemon, SPEC §11).
+    pub session_format: SessionFormat,
+    /// How the daemon signs the JWTs it issues.
+    pub token: TokenSettings,
     pub oidc: oidc::Settings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionFormat {
+    Opaque,
+    Jwt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TokenAlgorithm {
+    EdDSA,
+    ES256,
+    HS256,
+}
+
+/// `security.token.*`: the daemon's own JWTs (sessions with `session_format = jwt`,
+/// and service tokens from `portcullis token`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenSettings {
+    pub algorithm: TokenAlgorithm,
+    /// HS256 only: URL-safe base64 without padding, at least 256 bits.
+    pub secret: Option<zeroize::Zeroizing<String>>,
+    /// EdDSA/ES256: the private key (PKCS#8 PEM), made on first start when missing;
+    /// `<state_dir>/token-key.pem` when unset.
+    pub key_file: Option<PathBuf>,
+    /// `iss`; `https://<system.hostname>:<first listen port>` when unset.
+    pub issuer: Option<String>,
+    pub audience: String,
+    /// Prefix of the client-type (`ct`) and environment (`env`) claims.
+    pub claim_prefix: String,
+    /// `portcullis token create --ttl 0` (a token that never expires) is allowed.
+    pub allow_non_expiring: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

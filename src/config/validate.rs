@@ -232,6 +232,7 @@ pub fn validate(config: &Config, env: &Env) -> Vec<String> {
         }
     }
     errors.extend(redis_settings(sec));
+    errors.extend(token_settings(&sec.token));
     if sys.max_header_bytes < 8192 {
         errors.push("\"system.max_header_bytes\" must be at least 8192".into());
     }
@@ -291,6 +292,46 @@ fn redis_settings(sec: &crate::config::types::Security) -> Vec<String> {
     }
     if sec.session_redis_prefix.is_empty() {
         errors.push("\"security.session_redis_prefix\" must not be empty".into());
+    }
+    errors
+}
+
+/// An HS256 secret as SPEC §11 (and Inmanta) writes it: URL-safe base64 without
+/// padding, at least 256 bits. `None` when it is one; else what is wrong.
+pub fn hs256_secret_problem(secret: &str) -> Option<String> {
+    use base64::Engine;
+    match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(secret.trim()) {
+        Err(_) => Some("is not URL-safe base64 without padding (e.g. the output of `openssl rand 32 | basenc --base64url | tr -d =`)".into()),
+        Ok(raw) if raw.len() < 32 => Some(format!(
+            "is {} bits; an HS256 secret needs at least 256",
+            raw.len() * 8
+        )),
+        Ok(_) => None,
+    }
+}
+
+fn token_settings(t: &crate::config::types::TokenSettings) -> Vec<String> {
+    use crate::config::types::TokenAlgorithm;
+    let mut errors = Vec::new();
+    match (t.algorithm, t.secret.as_deref()) {
+        (TokenAlgorithm::HS256, None) => errors.push(
+            "\"security.token.algorithm\" is HS256 but \"security.token.secret\" is not set".into(),
+        ),
+        (TokenAlgorithm::HS256, Some(secret)) => {
+            if let Some(p) = hs256_secret_problem(secret) {
+                errors.push(format!("\"security.token.secret\" {p}"));
+            }
+        }
+        (_, Some(_)) => errors.push(
+            "\"security.token.secret\" is set but \"security.token.algorithm\" is not HS256 (EdDSA and ES256 use security.token.key_file)".into(),
+        ),
+        (_, None) => {}
+    }
+    if t.claim_prefix.is_empty() {
+        errors.push("\"security.token.claim_prefix\" must not be empty (e.g. urn:inmanta:)".into());
+    }
+    if t.audience.is_empty() {
+        errors.push("\"security.token.audience\" must not be empty".into());
     }
     errors
 }
