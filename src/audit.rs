@@ -63,6 +63,27 @@ pub fn admin_rejected(uid: u32) {
 }
 
 /// Sessions an operator ended through the operator socket.
+/// A service token signed on the operator socket; the token itself is never logged.
+pub fn token_issued(
+    uid: u32,
+    jti: &str,
+    client_types: &str,
+    env: Option<&str>,
+    user: Option<&str>,
+    expires: Option<u64>,
+) {
+    tracing::info!(
+        target: TARGET,
+        event = "token_issued",
+        uid,
+        jti,
+        client_types = %crate::logsafe::Untrusted(client_types),
+        env = %crate::logsafe::Untrusted(env.unwrap_or("")),
+        user = %crate::logsafe::Untrusted(user.unwrap_or("")),
+        expires = expires.map_or_else(|| "never".to_string(), |e| e.to_string()),
+    );
+}
+
 pub fn admin_revoke(uid: u32, which: &str, count: usize) {
     tracing::info!(
         target: TARGET,

@@ -9,6 +9,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => cli::check_config::run(args, sources),
         Command::DevCerts(args) => cli::dev_certs::run(args),
         Command::Admin(args) => cli::admin::run(args, sources),
+        Command::Token(args) => cli::token::run(args, sources),
         Command::Login(_) | Command::Whoami(_) | Command::Logout(_) => {
             let runtime = match cli::runtime(tokio::runtime::Builder::new_current_thread()) {
                 Ok(r) => r,

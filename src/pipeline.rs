@@ -47,6 +47,9 @@ pub struct Pipeline {
     pub sessions: Arc<dyn SessionStore>,
     pub metrics: Arc<Metrics>,
     policy: Policy,
+    /// Set with `security.session_format = jwt`: the session handed out is a JWT
+    /// whose `jti` names the stored session.
+    pub jwt_sessions: Option<Arc<crate::issued::TokenIssuer>>,
     /// Failed logins of every mechanism count against the client's address (SPEC §9);
     /// the password mechanism also reserves per user name through the same throttle.
     throttle: Arc<Throttle>,
@@ -75,6 +78,7 @@ impl Pipeline {
             metrics,
             policy,
             throttle,
+            jwt_sessions: None,
         }
     }
 
@@ -250,7 +254,10 @@ impl Pipeline {
                 self.metrics.session_evicted();
             }
         }
-        let (token, session) = (created.token, created.session);
+        let (mut token, session) = (created.token, created.session);
+        if let Some(issuer) = &self.jwt_sessions {
+            token.text = zeroize::Zeroizing::new(issuer.sign_session(&session, &token.hash));
+        }
         Ok(LoginResult::Session {
             token,
             session,

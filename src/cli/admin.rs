@@ -97,35 +97,48 @@ impl AdminCommand {
     }
 }
 
-pub fn run(args: &AdminArgs, sources: Vec<Source>) -> ExitCode {
-    let common = args.command.common();
-    let socket = match &common.socket {
-        Some(p) => p.clone(),
-        None => match super::load_config(&common.config, sources) {
-            Ok(loaded) => socket_path(&loaded.config.system.state_dir),
-            Err(code) => return code,
-        },
-    };
-    let request = match request(&args.command) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let answer = match exchange(&socket, &request) {
-        Ok(a) => a,
-        Err(code) => return code,
-    };
+/// `--socket`, or `<system.state_dir>/admin.sock` of the configuration.
+pub(super) fn socket(common: &AdminCommon, sources: Vec<Source>) -> Result<PathBuf, ExitCode> {
+    match &common.socket {
+        Some(p) => Ok(p.clone()),
+        None => super::load_config(&common.config, sources)
+            .map(|loaded| socket_path(&loaded.config.system.state_dir)),
+    }
+}
+
+/// Send `request` and return the daemon's answer if it said ok; else print why
+/// (and the answer with `--json`) and return the exit code.
+pub(super) fn ask(common: &AdminCommon, socket: &Path, request: &Value) -> Result<Value, ExitCode> {
+    let answer = exchange(socket, request)?;
     if answer["ok"] != Value::Bool(true) {
         let message = answer["error"].as_str().unwrap_or("the daemon refused");
         if common.json {
             println!("{answer}");
         }
         eprintln!("portcullis: {message}");
-        return ExitCode::from(match answer["code"].as_str() {
+        return Err(ExitCode::from(match answer["code"].as_str() {
             Some("bad_request") => EXIT_USAGE,
             Some("unavailable") => EXIT_UNAVAILABLE,
             _ => EXIT_REFUSED,
-        });
+        }));
     }
+    Ok(answer)
+}
+
+pub fn run(args: &AdminArgs, sources: Vec<Source>) -> ExitCode {
+    let common = args.command.common();
+    let socket = match socket(common, sources) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let request = match request(&args.command) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let answer = match ask(common, &socket, &request) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     if common.json {
         println!("{answer}");
     } else {

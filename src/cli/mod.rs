@@ -14,6 +14,7 @@ pub mod logout;
 pub mod oidc;
 pub mod serve;
 pub mod session_file;
+pub mod token;
 pub mod whoami;
 
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub enum Command {
     DevCerts(DevCertsArgs),
     /// The operator socket: sessions, revoke, explain, status (root or the daemon's user)
     Admin(admin::AdminArgs),
+    /// Service tokens signed by the daemon, through its operator socket (SPEC §11)
+    Token(token::TokenArgs),
 }
 
 #[derive(Args)]
@@ -178,7 +181,7 @@ pub fn parse() -> (Cli, Vec<Source>) {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let sources = match matches.subcommand() {
         Some(("serve" | "check-config", sub)) => sources(sub),
-        Some(("admin", sub)) => sub
+        Some(("admin" | "token", sub)) => sub
             .subcommand()
             .map(|(_, leaf)| sources(leaf))
             .unwrap_or_default(),

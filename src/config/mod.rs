@@ -26,7 +26,8 @@ use serde_json::{Map, Value};
 
 use keys::{KEYS, Kind};
 pub use types::{
-    ClientAuth, Config, Log, LogFormat, Security, SessionStoreKind, Ssl, System, TlsVersion,
+    ClientAuth, Config, Log, LogFormat, Security, SessionFormat, SessionStoreKind, Ssl, System,
+    TlsVersion,
 };
 pub use validate::{Env, pam_service_installed};
 

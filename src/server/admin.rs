@@ -181,11 +181,12 @@ async fn answer(admin: &Admin, uid: u32, req: &Value) -> Value {
         Some("sessions") => sessions(admin, text("user")).await,
         Some("revoke") => revoke(admin, uid, req).await,
         Some("explain") => explain(admin, req).await,
+        Some("token") => token(admin, uid, req),
         Some("status") => status(admin),
         Some(other) => error(
             "bad_request",
             format!(
-                "unknown command \"{}\"; one of sessions, revoke, explain, status",
+                "unknown command \"{}\"; one of sessions, revoke, explain, status, token",
                 crate::logsafe::clean(other)
             ),
         ),
@@ -244,6 +245,61 @@ async fn revoke(admin: &Admin, uid: u32, req: &Value) -> Value {
     };
     audit::admin_revoke(uid, &described, count);
     json!({"ok": true, "revoked": count})
+}
+
+/// Sign a service token (`portcullis token create|bootstrap`); audited without it.
+fn token(admin: &Admin, uid: u32, req: &Value) -> Value {
+    use crate::issued::{ALL_CLIENT_TYPES, ServiceToken};
+    let strings = |k: &str| -> Vec<String> {
+        req.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let text = |k: &str| req.get(k).and_then(Value::as_str).map(str::to_string);
+    let wanted = if req.get("bootstrap").and_then(Value::as_bool) == Some(true) {
+        ServiceToken {
+            client_types: ALL_CLIENT_TYPES.iter().map(|s| s.to_string()).collect(),
+            ttl: Some(std::time::Duration::from_secs(3600)),
+            ..ServiceToken::default()
+        }
+    } else {
+        let ttl = match req.get("ttl").and_then(Value::as_u64) {
+            Some(0) => None,
+            Some(s) => Some(std::time::Duration::from_secs(s)),
+            None => Some(std::time::Duration::from_secs(3600)),
+        };
+        ServiceToken {
+            client_types: strings("client_types"),
+            env: text("env"),
+            ttl,
+            user: text("user"),
+            labels: strings("labels"),
+        }
+    };
+    for l in &wanted.labels {
+        if let Err(e) = crate::labels::check_label(l) {
+            return error("bad_request", format!("--label: {e}"));
+        }
+    }
+    match admin.state.tokens.sign_service(&wanted) {
+        Ok(signed) => {
+            audit::token_issued(
+                uid,
+                &signed.jti,
+                &wanted.client_types.join(","),
+                wanted.env.as_deref(),
+                wanted.user.as_deref(),
+                signed.expires,
+            );
+            json!({"ok": true, "token": signed.token.as_str(), "jti": signed.jti, "expires": signed.expires})
+        }
+        Err(message) => error("bad_request", message),
+    }
 }
 
 /// How the name to explain maps to a local user, or why it does not.

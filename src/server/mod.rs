@@ -26,8 +26,9 @@ use crate::auth::oidc::OidcAuthenticator;
 use crate::auth::password::{PamSettings, PasswordAuthenticator};
 use crate::blocking::BlockingPool;
 use crate::config::Config;
-use crate::config::SessionStoreKind;
+use crate::config::{SessionFormat, SessionStoreKind};
 use crate::directory::Directory;
+use crate::issued::TokenIssuer;
 use crate::labels::LabelMap;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Policy};
@@ -73,6 +74,8 @@ pub struct AppState {
     pub login_challenges: Vec<String>,
     /// The last SIGHUP and what came of it, for `portcullis admin status`.
     pub last_reload: Mutex<Option<ReloadRecord>>,
+    /// The daemon's own JWTs: JWT sessions, service tokens, the published keys.
+    pub tokens: Arc<TokenIssuer>,
 }
 
 #[derive(Debug, Clone)]
@@ -225,7 +228,8 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
     let authenticators = authenticators(&config, &pools, &throttle).map_err(StartError::Config)?;
     let directory = Directory::new(pools.nss, Duration::from_secs(sec.group_cache_ttl));
     let sessions = open_sessions(&config, redis)?;
-    let pipeline = Pipeline::new(
+    let tokens = Arc::new(open_tokens(&config)?);
+    let mut pipeline = Pipeline::new(
         authenticators,
         directory,
         labels,
@@ -237,13 +241,43 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
         },
         throttle,
     );
+    if config.security.session_format == SessionFormat::Jwt {
+        pipeline.jwt_sessions = Some(tokens.clone());
+    }
     Ok(AppState {
         login_challenges: routes::login_challenges(pipeline.enabled()),
         config: Arc::new(config),
         pipeline,
         tls,
         last_reload: Mutex::new(None),
+        tokens,
     })
+}
+
+/// `security.token.issuer`, or `https://<system.hostname>:<port>` of the first
+/// address listened on.
+pub fn default_token_issuer(config: &Config, port: Option<u16>) -> String {
+    let port = port
+        .or_else(|| config.system.listen.first().map(|a| a.port()))
+        .unwrap_or(4367);
+    format!("https://{}:{port}", config.system.hostname)
+}
+
+/// The signing key of the daemon's JWTs; a key file that cannot be used stops
+/// startup with its name.
+fn open_tokens(config: &Config) -> Result<TokenIssuer, StartError> {
+    let t = &config.security.token;
+    let issuer = t
+        .issuer
+        .clone()
+        .unwrap_or_else(|| default_token_issuer(config, None));
+    TokenIssuer::new(
+        t,
+        issuer,
+        config.system.state_dir.clone(),
+        config.security.session_ttl,
+    )
+    .map_err(|e| StartError::Config(e.to_string()))
 }
 
 /// The client for `security.session_redis_url` (the redis store).
@@ -333,6 +367,17 @@ fn reload(state: &AppState) {
             detail.push(format!("label reload failed (previous kept): {e}"));
         }
     }
+    match state.tokens.reload() {
+        Ok(kid) => {
+            tracing::info!(kid, "reloaded the token signing key");
+            detail.push(format!("token signing key reloaded (kid {kid})"));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "token key reload failed; keeping the previous key");
+            failed = true;
+            detail.push(format!("token key reload failed (previous kept): {e}"));
+        }
+    }
     *state.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReloadRecord {
         at: SystemTime::now(),
         result: if failed { "failed" } else { "ok" },
@@ -355,6 +400,15 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> Result
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| StartError::Runtime(e.to_string()))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let mut config = config;
+    if config.security.token.issuer.is_none() {
+        // A port chosen by the kernel (port 0) is known only now.
+        let port = listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port());
+        config.security.token.issuer = Some(default_token_issuer(&config, port));
+    }
     let state = Arc::new(build_state(config)?);
     let admin_path = admin::socket_path(&state.config.system.state_dir);
     let admin_listener = admin::bind(&admin_path).map_err(StartError::Runtime)?;

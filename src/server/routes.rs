@@ -21,6 +21,7 @@ use super::{AppState, ConnInfo};
 use crate::audit;
 use crate::auth::{AuthError, Credentials, LoginContext, Mechanism, Secret};
 use crate::error::ApiError;
+use crate::issued::Presented;
 use crate::pipeline::LoginResult;
 use crate::session::{Session, SessionError, token};
 
@@ -45,9 +46,21 @@ pub async fn handle(
         ("/v1/login", &Method::POST) => login(&state, &conn, req).await,
         ("/v1/session", &Method::GET) => session_get(&state, req.headers()).await,
         ("/v1/session", &Method::DELETE) => session_delete(&state, &conn, req.headers()).await,
-        ("/healthz" | "/metrics" | "/v1/auth/methods", _) => {
-            Err(ApiError::MethodNotAllowed { allow: "GET" })
+        ("/.well-known/jwks.json", &Method::GET) => {
+            Ok(json_response(StatusCode::OK, &state.tokens.jwks()))
         }
+        ("/.well-known/openid-configuration", &Method::GET) => Ok(json_response(
+            StatusCode::OK,
+            &state.tokens.openid_configuration(),
+        )),
+        (
+            "/healthz"
+            | "/metrics"
+            | "/v1/auth/methods"
+            | "/.well-known/jwks.json"
+            | "/.well-known/openid-configuration",
+            _,
+        ) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         ("/v1/login", _) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
         ("/v1/session", _) => Err(ApiError::MethodNotAllowed {
             allow: "GET, DELETE",
@@ -398,7 +411,23 @@ async fn presented_session(
             SESSION_INVALID,
         )
     };
-    let hash = token::parse(presented).ok_or_else(invalid)?;
+    let hash = if presented.starts_with(token::PREFIX) {
+        token::parse(presented).ok_or_else(invalid)?
+    } else {
+        match state.tokens.verify(presented) {
+            Presented::Session(hash) => hash,
+            Presented::Service => {
+                return Err(unauthorized(
+                    "a service token is not a session; verify it offline with /.well-known/jwks.json",
+                    SESSION_INVALID,
+                ));
+            }
+            Presented::Invalid(reason) => {
+                tracing::info!(reason, "session token refused");
+                return Err(invalid());
+            }
+        }
+    };
     let session = state
         .pipeline
         .sessions
