@@ -348,7 +348,7 @@ async fn service_tokens_carry_client_types_and_environment_and_expire_as_asked()
 }
 
 #[tokio::test]
-async fn es256_and_hs256_keys() {
+async fn es256_rs256_and_hs256_keys() {
     let dir = tempdir();
     let d = Daemon::start(
         dir.path(),
@@ -366,6 +366,26 @@ async fn es256_and_hs256_keys() {
         pyjwt(&token, &keys, None, "portcullis").unwrap()["sub"],
         "pcalice"
     );
+    assert_eq!(get_session(&d.client(None), &token).await.status, 200);
+
+    // RS256 (beyond SPEC, for verifiers that know only RSA keys, like Inmanta).
+    let rsa = tempdir();
+    let d = Daemon::start(
+        rsa.path(),
+        &[
+            "security.session_format=jwt",
+            "security.token.algorithm=RS256",
+        ],
+    );
+    d.dev_certs(&["pcalice"]);
+    let token = d.cert_session("pcalice").await;
+    let keys = jwks(&d).await;
+    assert_eq!(keys["keys"][0]["kty"], "RSA");
+    assert_eq!(
+        pyjwt(&token, &keys, None, "portcullis").unwrap()["sub"],
+        "pcalice"
+    );
+    assert!(rust_verify(&token, &keys, &issuer_of(&d)).is_ok());
     assert_eq!(get_session(&d.client(None), &token).await.status, 200);
 
     // HS256: Inmanta's key format, nothing published.

@@ -142,7 +142,7 @@ pub static KEYS: &[KeyDef] = &[
     ),
     key(
         "security.token.algorithm",
-        Kind::Enum(&["EdDSA", "ES256", "HS256"]),
+        Kind::Enum(&["EdDSA", "ES256", "RS256", "HS256"]),
         r#""EdDSA""#,
     ),
     KeyDef {

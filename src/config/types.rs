@@ -137,6 +137,8 @@ pub enum SessionFormat {
 pub enum TokenAlgorithm {
     EdDSA,
     ES256,
+    /// Not in SPEC: for verifiers that know only RSA keys in a JWKS (Inmanta).
+    RS256,
     HS256,
 }
 

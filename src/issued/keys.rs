@@ -87,6 +87,7 @@ fn now() -> u64 {
 fn thumbprint(jwk: &Value) -> String {
     let canonical = match jwk["kty"].as_str() {
         Some("OKP") => json!({"crv": jwk["crv"], "kty": "OKP", "x": jwk["x"]}),
+        Some("RSA") => json!({"e": jwk["e"], "kty": "RSA", "n": jwk["n"]}),
         _ => json!({"crv": jwk["crv"], "kty": "EC", "x": jwk["x"], "y": jwk["y"]}),
     };
     // serde_json writes object keys in order: they are sorted here already.
@@ -94,12 +95,34 @@ fn thumbprint(jwk: &Value) -> String {
 }
 
 fn decoding_from_jwk(jwk: &Value) -> Option<DecodingKey> {
-    let x = jwk["x"].as_str()?;
     match jwk["kty"].as_str()? {
-        "OKP" => DecodingKey::from_ed_components(x).ok(),
-        "EC" => DecodingKey::from_ec_components(x, jwk["y"].as_str()?).ok(),
+        "OKP" => DecodingKey::from_ed_components(jwk["x"].as_str()?).ok(),
+        "EC" => DecodingKey::from_ec_components(jwk["x"].as_str()?, jwk["y"].as_str()?).ok(),
+        "RSA" => DecodingKey::from_rsa_components(jwk["n"].as_str()?, jwk["e"].as_str()?).ok(),
         _ => None,
     }
+}
+
+/// Modulus and exponent (big-endian, no leading zero) of a PKCS#1 RSAPublicKey.
+fn rsa_public(der: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (_, obj) = x509_parser::der_parser::parse_der(der).ok()?;
+    let seq = obj.as_sequence().ok()?;
+    let int = |i: usize| -> Option<Vec<u8>> {
+        let bytes = seq.get(i)?.as_slice().ok()?;
+        let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+        Some(bytes[start..].to_vec())
+    };
+    Some((int(0)?, int(1)?))
+}
+
+/// The PKCS#1 key inside a PKCS#8 PrivateKeyInfo (what the RSA signer takes).
+fn pkcs8_inner(der: &[u8]) -> Option<&[u8]> {
+    let (_, obj) = x509_parser::der_parser::parse_der(der).ok()?;
+    let seq = obj.as_sequence().ok()?;
+    let inner = seq.get(2)?.as_slice().ok()?;
+    // Borrowed from `der`: find it there to return a slice of the input.
+    let at = der.windows(inner.len()).position(|w| w == inner)?;
+    Some(&der[at..at + inner.len()])
 }
 
 fn public_from_jwk(kid: String, jwk: Value) -> Option<PublicKey> {
@@ -116,6 +139,7 @@ fn load_asymmetric(path: &Path, alg: TokenAlgorithm) -> Result<SigningKey, KeyEr
     let (sig_alg, algorithm, crv) = match alg {
         TokenAlgorithm::EdDSA => (&rcgen::PKCS_ED25519, Algorithm::EdDSA, "Ed25519"),
         TokenAlgorithm::ES256 => (&rcgen::PKCS_ECDSA_P256_SHA256, Algorithm::ES256, "P-256"),
+        TokenAlgorithm::RS256 => (&rcgen::PKCS_RSA_SHA256, Algorithm::RS256, "RSA"),
         TokenAlgorithm::HS256 => unreachable!("HS256 has no key file"),
     };
     let pem = match std::fs::read_to_string(path) {
@@ -141,6 +165,10 @@ fn load_asymmetric(path: &Path, alg: TokenAlgorithm) -> Result<SigningKey, KeyEr
         TokenAlgorithm::EdDSA => {
             json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(raw)})
         }
+        TokenAlgorithm::RS256 => {
+            let (n, e) = rsa_public(raw).ok_or_else(|| err("unreadable RSA public key".into()))?;
+            json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(n), "e": URL_SAFE_NO_PAD.encode(e)})
+        }
         _ => {
             // Uncompressed point: 0x04 || x || y.
             if raw.len() != 65 {
@@ -152,17 +180,16 @@ fn load_asymmetric(path: &Path, alg: TokenAlgorithm) -> Result<SigningKey, KeyEr
     let der = key.serialize_der();
     let encoding = match alg {
         TokenAlgorithm::EdDSA => EncodingKey::from_ed_der(&der),
+        TokenAlgorithm::RS256 => EncodingKey::from_rsa_der(
+            pkcs8_inner(&der).ok_or_else(|| err("not a PKCS#8 RSA private key".into()))?,
+        ),
         _ => EncodingKey::from_ec_der(&der),
     };
     let kid = thumbprint(&jwk);
     let mut published = jwk.clone();
     published["kid"] = json!(kid);
     published["use"] = json!("sig");
-    published["alg"] = json!(if algorithm == Algorithm::EdDSA {
-        "EdDSA"
-    } else {
-        "ES256"
-    });
+    published["alg"] = json!(format!("{algorithm:?}"));
     let public = public_from_jwk(kid, published)
         .ok_or_else(|| err("cannot make a verification key from it".into()))?;
     Ok(SigningKey {
