@@ -3,6 +3,7 @@
 //!   cargo bench --bench hotpaths             # everything
 //!   cargo bench --bench hotpaths -- session  # one criterion group
 //!   cargo bench --bench hotpaths -- memory   # only the bytes-per-session figure
+//!   cargo bench --bench hotpaths -- jwt      # signing and verifying issued JWTs
 //!
 //! The memory step fills a fresh `MemoryStore` with 1,000,000 sessions the way the
 //! login pipeline builds them (src/pipeline.rs: groups shared from the directory
@@ -220,6 +221,77 @@ const VALUED: &[&str] = &[
     "--format",
 ];
 
+/// The cost of an issued JWT per algorithm: signing a session (every login with
+/// `session_format = jwt`) and verifying its signature with the published key (the
+/// first check of a token; later checks hit the daemon's verdict cache).
+fn jwt(c: &mut Criterion) {
+    use portcullis::config::types::{TokenAlgorithm, TokenSettings};
+    use portcullis::issued::TokenIssuer;
+    let labels = label_map();
+    let info = session_info("alice", &groups(0, 10), &labels);
+    let session = portcullis::session::Session {
+        info,
+        expires_at: std::time::SystemTime::now() + TTL,
+    };
+    let hash = token::generate().hash;
+    let mut group = c.benchmark_group("jwt");
+    for alg in [
+        TokenAlgorithm::EdDSA,
+        TokenAlgorithm::ES256,
+        TokenAlgorithm::RS256,
+        TokenAlgorithm::HS256,
+    ] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let settings = TokenSettings {
+            algorithm: alg,
+            secret: (alg == TokenAlgorithm::HS256).then(|| {
+                zeroize::Zeroizing::new(
+                    "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0NQ".to_string(),
+                )
+            }),
+            key_file: None,
+            issuer: None,
+            audience: "portcullis".into(),
+            claim_prefix: "urn:portcullis:".into(),
+            allow_non_expiring: false,
+        };
+        let issuer = TokenIssuer::new(&settings, "https://bench".into(), dir.path().into(), 3600)
+            .expect("keys");
+        group.bench_function(format!("sign_session/{alg:?}"), |b| {
+            b.iter(|| black_box(issuer.sign_session(&session, &hash)))
+        });
+        let jwt = issuer.sign_session(&session, &hash);
+        let key = match alg {
+            TokenAlgorithm::HS256 => jsonwebtoken::DecodingKey::from_secret(
+                &base64::Engine::decode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0NQ",
+                )
+                .expect("base64"),
+            ),
+            _ => {
+                let set: jsonwebtoken::jwk::JwkSet =
+                    serde_json::from_value(issuer.jwks()).expect("a JWK set");
+                jsonwebtoken::DecodingKey::from_jwk(&set.keys[0]).expect("a key")
+            }
+        };
+        let header = jsonwebtoken::decode_header(&jwt).expect("a header");
+        let mut v = jsonwebtoken::Validation::new(header.alg);
+        v.set_audience(&["portcullis"]);
+        group.bench_function(format!("verify_signature/{alg:?}"), |b| {
+            b.iter(|| {
+                black_box(
+                    jsonwebtoken::decode::<serde_json::Value>(&jwt, &key, &v).expect("valid"),
+                )
+            })
+        });
+        group.bench_function(format!("check_remembered/{alg:?}"), |b| {
+            b.iter(|| black_box(issuer.verify(&jwt)))
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     // `MemoryStore::new` spawns its purge task, so everything runs inside a runtime.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -256,5 +328,6 @@ fn main() {
     // A debug build under `cargo test` only checks that the benches run.
     session_lookup(&mut c, if bench_mode { LOOKUP_SESSIONS } else { 1_000 });
     label_mapping(&mut c);
+    jwt(&mut c);
     c.final_summary();
 }
