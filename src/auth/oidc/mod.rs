@@ -33,7 +33,8 @@ pub mod settings;
 mod userinfo;
 
 pub use settings::{
-    Mode, Settings, insecure_endpoints, introspection_configured, missing_settings,
+    IssuerAlgorithm, IssuerSettings, Mode, Settings, configured, insecure_endpoints,
+    introspection_configured, missing_settings,
 };
 
 use std::sync::Arc;
