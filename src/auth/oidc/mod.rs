@@ -196,6 +196,12 @@ impl OidcAuthenticator {
     /// security.oidc without `issuer` (introspection by URL, OpenShift) cannot be told
     /// by `iss`, so it keeps every token no issuer claims.
     fn route(&self, token: &str) -> Result<Route<'_>, AuthError> {
+        // Without trusted issuers, security.oidc sees every token, exactly as before.
+        if self.issuers.is_empty()
+            && let Some(inner) = self.inner.as_deref()
+        {
+            return Ok(Route::Oidc(inner));
+        }
         let iss = issuers::unverified_iss(token);
         if let Some(i) = iss.as_deref().and_then(|iss| self.issuers.get(iss)) {
             return Ok(Route::Issuer(i));
