@@ -467,7 +467,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
     }
     for (name, i) in &config.security.issuers {
         if i.audience.is_empty() {
-            out.push(format!("security.issuers.{name}.audience is not set: tokens of this issuer that carry an aud claim are refused (Inmanta's always do; set it to the issuer's audience)"));
+            out.push(format!("security.issuers.{name}.audience is not set: tokens of this issuer that carry an aud claim are refused (set it to the aud the issuer writes; Inmanta's tokens always carry one)"));
         }
         if i.secret.is_some() && i.ca_cert.is_some() {
             out.push(format!("security.issuers.{name}.ca_cert is set but unused: an HS256 issuer has no jwks_uri to fetch"));
