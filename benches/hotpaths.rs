@@ -280,9 +280,7 @@ fn jwt(c: &mut Criterion) {
         v.set_audience(&["portcullis"]);
         group.bench_function(format!("verify_signature/{alg:?}"), |b| {
             b.iter(|| {
-                black_box(
-                    jsonwebtoken::decode::<serde_json::Value>(&jwt, &key, &v).expect("valid"),
-                )
+                black_box(jsonwebtoken::decode::<serde_json::Value>(&jwt, &key, &v).expect("valid"))
             })
         });
         group.bench_function(format!("check_remembered/{alg:?}"), |b| {

@@ -18,6 +18,28 @@ pub fn login(peer: SocketAddr, mechanism: &str, user: Option<&str>, result: &str
     );
 }
 
+/// A login whose bearer token was checked by the trusted issuer `issuer`
+/// (`security.issuers.<issuer>`): [`login`] with the issuer named.
+pub fn issuer_login(
+    peer: SocketAddr,
+    mechanism: &str,
+    issuer: &str,
+    user: Option<&str>,
+    result: &str,
+    reason: &str,
+) {
+    tracing::info!(
+        target: TARGET,
+        event = "login",
+        peer = %peer,
+        mechanism,
+        issuer,
+        user = user.unwrap_or(""),
+        result,
+        reason,
+    );
+}
+
 pub fn logout(peer: SocketAddr, user: Option<&str>, result: &str) {
     tracing::info!(
         target: TARGET,

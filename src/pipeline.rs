@@ -119,7 +119,17 @@ impl Pipeline {
             Ok(LoginResult::Challenge(_)) => ("challenge", "more_input_needed"),
             Err(e) => (outcome_of(e), e.reason()),
         };
-        audit::login(ctx.peer, mechanism, user.as_deref(), outcome, reason);
+        match ctx.issuer.get() {
+            Some(issuer) => audit::issuer_login(
+                ctx.peer,
+                mechanism,
+                issuer,
+                user.as_deref(),
+                outcome,
+                reason,
+            ),
+            None => audit::login(ctx.peer, mechanism, user.as_deref(), outcome, reason),
+        }
         self.metrics
             .login(mechanism, outcome, started.elapsed().as_secs_f64());
         result

@@ -125,6 +125,9 @@ pub struct LoginContext {
     /// Hash of the peer address and client certificate: a PAM conversation may only
     /// be continued by the client that started it.
     pub binding: [u8; 32],
+    /// The trusted issuer (`security.issuers.<name>`) that checked a bearer token,
+    /// set by the oidc authenticator for the audit line.
+    pub issuer: std::sync::OnceLock<std::sync::Arc<str>>,
 }
 
 /// Who the client proved to be.

@@ -338,6 +338,14 @@ fn print_status(a: &Value) {
         }
     }
     println!("jwks:      {}", s(&a["jwks_note"]));
+    for (name, i) in a["issuers"].as_object().into_iter().flatten() {
+        let keys = match i["jwks_age_s"].as_u64() {
+            Some(age) => format!("key set fetched {age} s ago ({} keys)", i["keys"]),
+            None if i["algorithm"] == "HS256" => "its secret".to_string(),
+            None => "no key set loaded yet".to_string(),
+        };
+        println!("issuer {name}: {} with {keys}", s(&i["algorithm"]));
+    }
     match a["last_reload"].as_object() {
         None => println!("last reload: none since start"),
         Some(r) => {

@@ -13,18 +13,27 @@ pub enum Kind {
     UInt,
     /// One string or a list of strings; a `-D` value may be comma-separated.
     StrList,
+    /// Like `StrList`, but a string is comma-separated in files too, as Inmanta
+    /// writes its client types (`agent,compiler,api`).
+    CommaList,
     /// One of a fixed set of strings.
     Enum(&'static [&'static str]),
     /// A list of `Enum` values; the first field names one item in errors.
     EnumList(&'static str, &'static [&'static str]),
     /// One or more `address:port`.
     AddrList,
+    /// A JSON object of claim → value or list of values (`required_claims`); values
+    /// are strings, numbers or booleans.
+    ClaimMap,
 }
 
 impl Kind {
     /// A `-D` value of a list kind may be comma-separated.
     pub fn is_list(self) -> bool {
-        matches!(self, Kind::StrList | Kind::EnumList(..) | Kind::AddrList)
+        matches!(
+            self,
+            Kind::StrList | Kind::CommaList | Kind::EnumList(..) | Kind::AddrList
+        )
     }
 }
 
@@ -201,12 +210,68 @@ pub static KEYS: &[KeyDef] = &[
     ),
 ];
 
+/// The section of the trusted issuers (SPEC §11): `security.issuers.<name>.<key>`.
+pub const ISSUERS: &str = "security.issuers";
+
+pub const ISSUER_ALGORITHMS: &[&str] = &["RS256", "ES256", "EdDSA", "HS256"];
+
+/// The keys of one trusted issuer; `name` is the key inside `security.issuers.<name>`.
+pub static ISSUER_KEYS: &[KeyDef] = &[
+    key("issuer", Kind::Str, "null"),
+    key("audience", Kind::StrList, "[]"),
+    key("algorithm", Kind::Enum(ISSUER_ALGORITHMS), r#""RS256""#),
+    key("jwks_uri", Kind::Str, "null"),
+    KeyDef {
+        name: "secret",
+        kind: Kind::Str,
+        default: "null",
+        secret: true,
+    },
+    key("client_types", Kind::CommaList, "[]"),
+    key("required_claims", Kind::ClaimMap, "{}"),
+    key("username_claim", Kind::Str, r#""sub""#),
+    key("groups_claim", Kind::Str, r#""groups""#),
+    key("ca_cert", Kind::Str, "null"),
+    key("jwks_request_timeout", Kind::UInt, "5"),
+];
+
+/// Whether `name` may name a trusted issuer (`security.issuers.<name>`).
+pub fn valid_issuer_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `security.issuers.<name>.<rest>` split into `(name, rest)`; `rest` may be empty
+/// (the issuer's section itself) or hold further dots (an unknown key).
+pub fn split_issuer_key(name: &str) -> Option<(&str, &str)> {
+    let tail = name.strip_prefix(ISSUERS)?.strip_prefix('.')?;
+    Some(tail.split_once('.').unwrap_or((tail, "")))
+}
+
+/// The registry entry of a key. For `security.issuers.<name>.<key>` it is the entry
+/// of [`ISSUER_KEYS`], whose `name` is the key inside the issuer's section.
 pub fn lookup(name: &str) -> Option<&'static KeyDef> {
+    if let Some((issuer, key)) = split_issuer_key(name) {
+        if !valid_issuer_name(issuer) {
+            return None;
+        }
+        return ISSUER_KEYS.iter().find(|k| k.name == key);
+    }
     KEYS.iter().find(|k| k.name == name)
 }
 
-/// True when `prefix` is a section that holds known keys (`security`, `security.oidc`).
+/// True when `prefix` is a section that holds known keys (`security`, `security.oidc`,
+/// `security.issuers`, `security.issuers.<name>`).
 pub fn is_section(prefix: &str) -> bool {
+    if prefix == ISSUERS {
+        return true;
+    }
+    if let Some((issuer, rest)) = split_issuer_key(prefix) {
+        return rest.is_empty() && valid_issuer_name(issuer);
+    }
     KEYS.iter().any(|k| {
         k.name.len() > prefix.len()
             && k.name.starts_with(prefix)
@@ -214,19 +279,32 @@ pub fn is_section(prefix: &str) -> bool {
     })
 }
 
-/// The known key closest to `name`, for "did you mean" in error messages.
-pub fn closest(name: &str) -> &'static str {
+/// The known key closest to `name`, for "did you mean" in error messages. Inside an
+/// issuer's section the suggestion is a key of the same issuer.
+pub fn closest(name: &str) -> String {
     let last = name.rsplit('.').next().unwrap_or(name);
+    let score = |candidate: &str| {
+        let whole = strsim::normalized_levenshtein(name, candidate);
+        let tail = strsim::normalized_levenshtein(last, candidate.rsplit('.').next().unwrap_or(""));
+        whole.max(tail * 0.95)
+    };
+    if let Some((issuer, rest)) = split_issuer_key(name)
+        && !rest.is_empty()
+    {
+        return ISSUER_KEYS
+            .iter()
+            .map(|k| format!("{ISSUERS}.{issuer}.{}", k.name))
+            .map(|n| (score(&n), n))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, n)| n)
+            .expect("issuers have keys");
+    }
     KEYS.iter()
-        .map(|k| {
-            let whole = strsim::normalized_levenshtein(name, k.name);
-            let tail =
-                strsim::normalized_levenshtein(last, k.name.rsplit('.').next().unwrap_or(""));
-            (whole.max(tail * 0.95), k.name)
-        })
+        .map(|k| (score(k.name), k.name))
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, n)| n)
         .unwrap_or("system.listen")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -235,7 +313,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_json() {
-        for k in KEYS {
+        for k in KEYS.iter().chain(ISSUER_KEYS) {
             serde_json::from_str::<serde_json::Value>(k.default)
                 .unwrap_or_else(|e| panic!("{}: {e}", k.name));
         }
@@ -247,12 +325,37 @@ mod tests {
         assert_eq!(closest("ssl.certfile"), "ssl.cert_file");
         assert_eq!(closest("security.oidc.isuer"), "security.oidc.issuer");
         assert_eq!(closest("system.lisen"), "system.listen");
+        assert_eq!(
+            closest("security.issuers.inmanta.secert"),
+            "security.issuers.inmanta.secret"
+        );
+        assert_eq!(
+            closest("security.issuers.x.client_type"),
+            "security.issuers.x.client_types"
+        );
+    }
+
+    #[test]
+    fn issuer_keys_are_found_by_pattern() {
+        assert_eq!(
+            lookup("security.issuers.inmanta.secret").map(|k| k.secret),
+            Some(true)
+        );
+        assert!(lookup("security.issuers.a-b_1.jwks_uri").is_some());
+        assert!(lookup("security.issuers.bad name.issuer").is_none());
+        assert!(lookup("security.issuers.x.nope").is_none());
+        assert!(lookup("security.issuers.x").is_none());
+        assert!(is_section("security.issuers"));
+        assert!(is_section("security.issuers.inmanta"));
+        assert!(!is_section("security.issuers.in manta"));
+        assert!(!is_section("security.issuers.x.issuer"));
     }
 
     #[test]
     fn sections_are_recognised() {
         assert!(is_section("security"));
         assert!(is_section("security.oidc"));
+        assert!(is_section("security.issuers"));
         assert!(!is_section("security.session_ttl"));
         assert!(!is_section("secur"));
     }

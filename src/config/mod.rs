@@ -115,6 +115,23 @@ pub fn load_in(sources: &[Source], dev: bool, env: &Env) -> Result<Loaded, Confi
             )
         })
         .collect();
+    // Each trusted issuer named anywhere gets every key of its section, with the
+    // defaults; with none, the empty section is shown so check-config mentions it.
+    let issuers: std::collections::BTreeSet<String> = merged
+        .keys()
+        .filter_map(|k| keys::split_issuer_key(k).map(|(name, _)| name.to_string()))
+        .collect();
+    if issuers.is_empty() {
+        effective.insert(keys::ISSUERS.into(), Value::Object(Map::new()));
+    }
+    for name in &issuers {
+        for k in keys::ISSUER_KEYS {
+            effective.insert(
+                format!("{}.{name}.{}", keys::ISSUERS, k.name),
+                serde_json::from_str(k.default).expect("registry defaults are JSON"),
+            );
+        }
+    }
     if dev {
         effective.insert(
             "system.state_dir".into(),
@@ -246,6 +263,18 @@ fn flatten(
 }
 
 fn unknown_key(origin: &str, name: &str) -> String {
+    if let Some((issuer, rest)) = keys::split_issuer_key(name) {
+        if !keys::valid_issuer_name(issuer) {
+            return format!(
+                "{origin}: \"{name}\": an issuer's name (security.issuers.<name>) may only use letters, digits, _ and -"
+            );
+        }
+        if rest.is_empty() {
+            return format!(
+                "{origin}: \"{name}\" is a section; set its keys (e.g. \"{name}.issuer\")"
+            );
+        }
+    }
     format!(
         "{origin}: unknown key \"{name}\" (did you mean \"{}\"?)",
         keys::closest(name)
@@ -312,6 +341,17 @@ fn normalize(name: &str, kind: Kind, value: Value) -> Result<Value, String> {
             _ => Err(must_be("a non-negative integer")),
         },
         Kind::StrList => strings(value).map(list),
+        Kind::CommaList => strings(value).map(|items| {
+            list(
+                items
+                    .iter()
+                    .flat_map(|s| s.split(','))
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            )
+        }),
         Kind::Enum(allowed) => match scalar_string(&value) {
             Some(s) if allowed.contains(&s.as_str()) => Ok(Value::String(s)),
             _ => Err(must_be(&format!("one of {}", allowed.join(", ")))),
@@ -330,6 +370,29 @@ fn normalize(name: &str, kind: Kind, value: Value) -> Result<Value, String> {
                 }
             }
             Ok(list(out))
+        }
+        Kind::ClaimMap => {
+            let problem = || {
+                must_be(
+                    "an object of claim names to a value or a list of values (strings, numbers or booleans), e.g. {\"urn:inmanta:env\": \"42\"}",
+                )
+            };
+            let Value::Object(map) = &value else {
+                return Err(problem());
+            };
+            let scalar =
+                |v: &Value| matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_));
+            for (claim, v) in map {
+                let ok = !claim.is_empty()
+                    && match v {
+                        Value::Array(items) => !items.is_empty() && items.iter().all(scalar),
+                        v => scalar(v),
+                    };
+                if !ok {
+                    return Err(problem());
+                }
+            }
+            Ok(value)
         }
         Kind::AddrList => {
             let items = strings(value)?;
@@ -579,7 +642,9 @@ mod tests {
         // deny_unknown_fields refuses a registered key without a field; a field
         // without a registered key is missing from the map.
         let l = load_in(&[d("security.mechanisms=password")], true, &fixed_env()).unwrap();
-        assert_eq!(l.effective.len(), keys::KEYS.len());
+        // Every registry key, and the (empty) section of the trusted issuers.
+        assert_eq!(l.effective.len(), keys::KEYS.len() + 1);
+        assert!(l.config.security.issuers.is_empty());
         assert_eq!(l.config.ssl.min_version, TlsVersion::Tls12);
         assert_eq!(l.config.log.format, LogFormat::Text);
         assert_eq!(
@@ -610,6 +675,178 @@ mod tests {
         assert_eq!(
             l.config.security.mechanisms,
             [Mechanism::Password, Mechanism::Certificate]
+        );
+    }
+
+    const SECRET: &str = "-W1DXzhbT012uyHpMpSIXlMMHWm5jth83q-Sw8R-EAE";
+
+    #[test]
+    fn trusted_issuers_from_files_and_defines_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(
+            dir.path(),
+            "a.json",
+            &format!(
+                r#"{{"security":{{"issuers":{{"inmanta":{{"issuer":"https://inmanta.example:8888/","algorithm":"HS256","secret":"{SECRET}","client_types":"agent,api","audience":"https://inmanta.example:8888/","required_claims":{{"urn:inmanta:env":["e1","e2"],"org.team":"ops"}}}}}}}}}}"#
+            ),
+        );
+        let l = load_in(
+            &[
+                a,
+                d("security.issuers.kc.issuer=https://kc.example/realms/corp"),
+                d("security.issuers.kc.jwks_uri=https://kc.example/realms/corp/certs"),
+                d("security.issuers.kc.client_types=api,agent"),
+                d("security.issuers.kc.audience=portcullis"),
+            ],
+            true,
+            &fixed_env(),
+        )
+        .unwrap();
+        let sec = &l.config.security;
+        assert!(
+            sec.mechanisms.contains(&Mechanism::Oidc),
+            "issuers imply oidc"
+        );
+        assert!(
+            !crate::auth::oidc::configured(&sec.oidc),
+            "and security.oidc stays unset"
+        );
+        let i = &sec.issuers["inmanta"];
+        assert_eq!(i.algorithm, crate::auth::oidc::IssuerAlgorithm::HS256);
+        assert_eq!(i.username_claim, "sub");
+        assert_eq!(i.groups_claim, "groups");
+        assert_eq!(i.jwks_request_timeout, 5);
+        assert_eq!(
+            i.client_types,
+            ["agent", "api"],
+            "split as Inmanta writes them"
+        );
+        assert_eq!(i.required_claims["org.team"], "ops");
+        let kc = &sec.issuers["kc"];
+        assert_eq!(kc.algorithm, crate::auth::oidc::IssuerAlgorithm::RS256);
+        assert_eq!(
+            kc.client_types,
+            ["api", "agent"],
+            "-D lists split on commas"
+        );
+        assert_eq!(kc.audience, ["portcullis"]);
+        let shown = l.to_masked_json();
+        assert_eq!(shown["security"]["issuers"]["inmanta"]["secret"], "***");
+        assert_eq!(shown["security"]["issuers"]["kc"]["secret"], Value::Null);
+        assert_eq!(shown["security"]["issuers"]["kc"]["username_claim"], "sub");
+        assert!(!shown.to_string().contains(SECRET));
+        assert!(!format!("{:?}", l.config).contains(SECRET));
+        assert!(
+            l.warnings.is_empty(),
+            "audiences set, no unused ca_cert: {:?}",
+            l.warnings
+        );
+    }
+
+    #[test]
+    fn trusted_issuer_rules_name_the_issuer() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("missing-ca.pem");
+        let err = load_in(
+            &[
+                d("security.oidc.issuer=https://idp.example"),
+                d("security.oidc.audience=pc"),
+                d("security.issuers.short.issuer=https://short.example"),
+                d("security.issuers.short.algorithm=HS256"),
+                d("security.issuers.short.secret=HcAbjC3R19_Y6YdZpysp5A"),
+                d("security.issuers.both.issuer=https://both.example"),
+                d(&format!("security.issuers.both.secret={SECRET}")),
+                d("security.issuers.both.jwks_uri=https://both.example/jwks"),
+                d("security.issuers.nosecret.issuer=https://nosecret.example"),
+                d("security.issuers.nosecret.algorithm=HS256"),
+                d("security.issuers.nosecret.jwks_uri=https://nosecret.example/jwks"),
+                d("security.issuers.dup.issuer=https://short.example/"),
+                d("security.issuers.dup.jwks_uri=http://dup.example/jwks"),
+                d("security.issuers.same.issuer=https://idp.example"),
+                d("security.issuers.same.jwks_uri=https://idp.example/jwks"),
+                d(&format!("security.issuers.same.ca_cert={}", ca.display())),
+                d("security.issuers.none.audience=x"),
+            ],
+            true,
+            &fixed_env(),
+        )
+        .unwrap_err();
+        let all = err.to_string();
+        for needle in [
+            r#""security.issuers.short.secret" is 128 bits; an HS256 secret needs at least 256"#,
+            r#""security.issuers.both.jwks_uri" and "security.issuers.both.secret" are both set"#,
+            r#""security.issuers.both.secret" is set but "security.issuers.both.algorithm" is RS256"#,
+            r#""security.issuers.nosecret.algorithm" is HS256 but "security.issuers.nosecret.secret" is not set"#,
+            r#""security.issuers.short.issuer" is "https://short.example", the issuer of security.issuers.dup too"#,
+            r#""security.issuers.dup.jwks_uri" is "http://dup.example/jwks": it must be an https:// URL"#,
+            r#""security.issuers.same.issuer" is "https://idp.example", which is security.oidc.issuer"#,
+            r#""security.issuers.same.ca_cert": cannot read"#,
+            r#""security.issuers.none.issuer" is required"#,
+            r#"security.issuers.none needs "security.issuers.none.jwks_uri" (RS256, ES256, EdDSA) or "security.issuers.none.secret" (HS256)"#,
+        ] {
+            assert!(all.contains(needle), "missing {needle}:\n{all}");
+        }
+        assert_eq!(err.0.len(), 10, "{all}");
+    }
+
+    #[test]
+    fn unknown_issuer_keys_bad_names_and_claim_maps() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(
+            dir.path(),
+            "a.json",
+            r#"{"security":{"issuers":{"inmanta":{"issuer":"i","secert":"x"},"in manta":{"issuer":"j"}}}}"#,
+        );
+        let err = load_in(
+            &[
+                a,
+                d("security.issuers.kc.client_type=api"),
+                d("security.issuers.kc.required_claims=team"),
+                d(r#"security.issuers.kc.required_claims={"a":{"b":1}}"#),
+                d("security.issuers.kc=x"),
+                d("security.issuers.kc.algorithm=HS512"),
+            ],
+            true,
+            &fixed_env(),
+        )
+        .unwrap_err();
+        let all = err.to_string();
+        for needle in [
+            r#"unknown key "security.issuers.inmanta.secert" (did you mean "security.issuers.inmanta.secret"?)"#,
+            r#"unknown key "security.issuers.kc.client_type" (did you mean "security.issuers.kc.client_types"?)"#,
+            r#""security.issuers.in manta": an issuer's name (security.issuers.<name>) may only use letters, digits, _ and -"#,
+            r#""security.issuers.kc.required_claims" must be an object of claim names"#,
+            r#""security.issuers.kc" is a section; set its keys"#,
+            r#""security.issuers.kc.algorithm" must be one of RS256, ES256, EdDSA, HS256"#,
+        ] {
+            assert!(all.contains(needle), "missing {needle}:\n{all}");
+        }
+        assert_eq!(err.0.len(), 8, "{all}");
+    }
+
+    #[test]
+    fn issuers_need_the_oidc_mechanism_and_security_oidc_still_checks_itself() {
+        let issuer = [
+            d("security.issuers.x.issuer=https://x.example"),
+            d("security.issuers.x.jwks_uri=https://x.example/jwks"),
+            d("security.issuers.x.audience=pc"),
+        ];
+        let mut only_certs = issuer.to_vec();
+        only_certs.push(d("security.mechanisms=certificate"));
+        let err = load_in(&only_certs, true, &fixed_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not list oidc"), "{err}");
+        let mut half_oidc = issuer.to_vec();
+        half_oidc.push(d("security.oidc.issuer=https://idp.example"));
+        let err = load_in(&half_oidc, true, &fixed_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs: security.oidc.audience"), "{err}");
+        let l = load_in(&issuer, true, &fixed_env()).unwrap();
+        assert_eq!(
+            l.effective["security.issuers.x.jwks_request_timeout"],
+            serde_json::json!(5)
         );
     }
 

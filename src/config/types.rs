@@ -124,6 +124,8 @@ pub struct Security {
     /// How the daemon signs the JWTs it issues.
     pub token: TokenSettings,
     pub oidc: oidc::Settings,
+    /// Trusted issuers besides `security.oidc` (SPEC §11), by name.
+    pub issuers: std::collections::BTreeMap<String, oidc::IssuerSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -127,8 +127,13 @@ pub(super) fn derive_defaults(eff: &mut BTreeMap<String, Value>, dev: bool, env:
         if use_kerberos {
             wanted.push(Mechanism::Kerberos);
         }
+        // A trusted issuer (security.issuers.<name>) is an oidc login too.
+        let issuers = eff
+            .keys()
+            .any(|k| super::keys::split_issuer_key(k).is_some_and(|(_, key)| !key.is_empty()));
         if text(eff, "security.oidc.issuer").is_some()
             || text(eff, "security.oidc.openshift_user_api_uri").is_some()
+            || issuers
         {
             wanted.push(Mechanism::Oidc);
         }
@@ -255,7 +260,14 @@ pub fn validate(config: &Config, env: &Env) -> Vec<String> {
         }
     }
 
-    if mechanisms.contains(&Mechanism::Oidc) {
+    errors.extend(issuer_settings(sec));
+    if !sec.issuers.is_empty() && !mechanisms.contains(&Mechanism::Oidc) {
+        errors.push("\"security.issuers\" is set but \"security.mechanisms\" does not list oidc; add oidc (trusted issuers' tokens are oidc logins)".into());
+    }
+    // With trusted issuers the oidc mechanism may run without security.oidc.
+    if mechanisms.contains(&Mechanism::Oidc)
+        && (sec.issuers.is_empty() || oidc::configured(&sec.oidc))
+    {
         let o = &sec.oidc;
         let missing = oidc::missing_settings(o);
         if !missing.is_empty() {
@@ -266,8 +278,115 @@ pub fn validate(config: &Config, env: &Env) -> Vec<String> {
             ));
         }
         errors.extend(oidc::insecure_endpoints(o));
-        if o.jwks_refetch_interval == 0 {
-            errors.push("\"security.oidc.jwks_refetch_interval\" must be at least 1".into());
+    }
+    if mechanisms.contains(&Mechanism::Oidc) && sec.oidc.jwks_refetch_interval == 0 {
+        errors.push("\"security.oidc.jwks_refetch_interval\" must be at least 1".into());
+    }
+    errors
+}
+
+/// The rules of `security.issuers.<name>` (SPEC §11), each message naming the key.
+fn issuer_settings(sec: &crate::config::types::Security) -> Vec<String> {
+    use crate::auth::oidc::IssuerAlgorithm;
+    let mut errors = Vec::new();
+    // `iss` values compare without a trailing slash here, so two sections cannot
+    // claim what is in practice one issuer.
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for (name, i) in &sec.issuers {
+        let key = |k: &str| format!("security.issuers.{name}.{k}");
+        match i.issuer.as_deref() {
+            None | Some("") => errors.push(format!(
+                "\"{}\" is required: the iss of the tokens this issuer signs",
+                key("issuer")
+            )),
+            Some(iss) => {
+                if let Some((other, _)) = seen.iter().find(|(_, o)| same(o, iss)) {
+                    errors.push(format!(
+                        "\"{}\" is \"{iss}\", the issuer of security.issuers.{other} too; a token's iss must name one issuer",
+                        key("issuer")
+                    ));
+                }
+                if sec.oidc.issuer.as_deref().is_some_and(|o| same(o, iss)) {
+                    errors.push(format!(
+                        "\"{}\" is \"{iss}\", which is security.oidc.issuer; its tokens are checked by security.oidc, remove this issuer",
+                        key("issuer")
+                    ));
+                }
+                seen.push((name, iss));
+            }
+        }
+        match (i.jwks_uri.as_deref(), i.secret.as_deref()) {
+            (Some(_), Some(_)) => errors.push(format!(
+                "\"{}\" and \"{}\" are both set; set jwks_uri for RS256, ES256 or EdDSA, or secret for HS256",
+                key("jwks_uri"),
+                key("secret")
+            )),
+            (None, None) => errors.push(format!(
+                "security.issuers.{name} needs \"{}\" (RS256, ES256, EdDSA) or \"{}\" (HS256)",
+                key("jwks_uri"),
+                key("secret")
+            )),
+            _ => {}
+        }
+        match (i.algorithm, i.secret.as_deref()) {
+            (IssuerAlgorithm::HS256, None) => errors.push(format!(
+                "\"{}\" is HS256 but \"{}\" is not set; HS256 tokens are only checked against an explicit secret, never against a JWKS",
+                key("algorithm"),
+                key("secret")
+            )),
+            (IssuerAlgorithm::HS256, Some(secret)) => {
+                if let Some(p) = hs256_secret_problem(secret) {
+                    errors.push(format!("\"{}\" {p}", key("secret")));
+                }
+            }
+            (alg, Some(_)) => errors.push(format!(
+                "\"{}\" is set but \"{}\" is {}; a secret is only for HS256",
+                key("secret"),
+                key("algorithm"),
+                alg.as_str()
+            )),
+            (_, None) => {}
+        }
+        if let Some(uri) = i.jwks_uri.as_deref()
+            && !crate::auth::oidc::provider::endpoint_allowed(uri)
+        {
+            errors.push(format!(
+                "\"{}\" is \"{uri}\": it must be an https:// URL (plain http:// only to localhost, 127.0.0.0/8 or ::1)",
+                key("jwks_uri")
+            ));
+        }
+        if let Some(path) = &i.ca_cert {
+            match std::fs::read(path) {
+                Err(e) => errors.push(format!(
+                    "\"{}\": cannot read {}: {e}",
+                    key("ca_cert"),
+                    path.display()
+                )),
+                Ok(pem) => match reqwest::Certificate::from_pem_bundle(&pem) {
+                    Ok(certs) if !certs.is_empty() => {}
+                    Ok(_) => errors.push(format!(
+                        "\"{}\": {} holds no PEM certificate",
+                        key("ca_cert"),
+                        path.display()
+                    )),
+                    Err(e) => {
+                        errors.push(format!("\"{}\": {}: {e}", key("ca_cert"), path.display()))
+                    }
+                },
+            }
+        }
+        if i.jwks_request_timeout == 0 {
+            errors.push(format!(
+                "\"{}\" must be at least 1",
+                key("jwks_request_timeout")
+            ));
+        }
+        if i.username_claim.is_empty() {
+            errors.push(format!(
+                "\"{}\" must name a claim (e.g. sub)",
+                key("username_claim")
+            ));
         }
     }
     errors
@@ -345,6 +464,14 @@ pub fn warnings(config: &Config) -> Vec<String> {
         && o.validation_mode == Mode::Auto
     {
         out.push("security.oidc.validation_mode is auto but introspection is not configured (security.oidc.introspection_client_id / introspection_client_secret): JWTs are validated locally, opaque tokens will be refused (401, \"introspection not configured\" in the log)".into());
+    }
+    for (name, i) in &config.security.issuers {
+        if i.audience.is_empty() {
+            out.push(format!("security.issuers.{name}.audience is not set: tokens of this issuer that carry an aud claim are refused (set it to the aud the issuer writes; Inmanta's tokens always carry one)"));
+        }
+        if i.secret.is_some() && i.ca_cert.is_some() {
+            out.push(format!("security.issuers.{name}.ca_cert is set but unused: an HS256 issuer has no jwks_uri to fetch"));
+        }
     }
     out
 }

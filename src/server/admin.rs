@@ -462,7 +462,7 @@ async fn explain(admin: &Admin, req: &Value) -> Value {
             }
             Mechanism::Oidc => (
                 None,
-                "depends on the token: the user and groups come from the IdP's claims (security.oidc), not from NSS".into(),
+                "depends on the token: the user and groups come from the IdP's claims (security.oidc, security.issuers), not from NSS".into(),
             ),
         };
         mechanisms.push(json!({
@@ -516,6 +516,8 @@ fn status(admin: &Admin) -> Value {
     let jwks_age = oidc["jwks_age_s"].clone();
     let jwks_note = if !state.pipeline.enabled().contains(&Mechanism::Oidc) {
         "oidc not enabled".to_string()
+    } else if oidc["configured"] == Value::Bool(false) {
+        "security.oidc is not configured (trusted issuers only, see issuers)".to_string()
     } else if oidc["uses_jwks"] == Value::Bool(false) {
         "this validation mode uses no JWKS".to_string()
     } else if let Some(age) = jwks_age.as_u64() {
@@ -535,6 +537,8 @@ fn status(admin: &Admin) -> Value {
         "tls": tls,
         "jwks_age": jwks_age.clone(),
         "jwks_note": jwks_note,
+        // security.issuers: each one's algorithm and JWKS age (null without any).
+        "issuers": oidc["issuers"].clone(),
         "last_reload": reload.map(|r| json!({"at": rfc3339(r.at), "result": r.result, "detail": r.detail})),
     })
 }

@@ -154,7 +154,15 @@ fn authenticators(
                 sec.krb_allow_instances,
             )),
             Mechanism::Oidc => {
-                let a = OidcAuthenticator::new(sec.oidc.clone())?;
+                // security.oidc unless only trusted issuers are configured.
+                let oidc = (sec.issuers.is_empty() || crate::auth::oidc::configured(&sec.oidc))
+                    .then(|| sec.oidc.clone());
+                let issuers = crate::auth::oidc::issuers::Issuers::new(
+                    &sec.issuers,
+                    &sec.token.claim_prefix,
+                    Duration::from_secs(sec.oidc.jwks_refetch_interval.max(1)),
+                )?;
+                let a = OidcAuthenticator::with_issuers(oidc, issuers)?;
                 a.spawn_refresh();
                 Box::new(a)
             }

@@ -196,7 +196,10 @@ fn methods(state: &AppState) -> Response<Body> {
         .map(|m| m.as_str())
         .collect();
     let mut body = json!({ "mechanisms": enabled });
-    if state.pipeline.enabled().contains(&Mechanism::Oidc) {
+    // The IdP clients log in with; trusted issuers (security.issuers) are not listed.
+    if state.pipeline.enabled().contains(&Mechanism::Oidc)
+        && crate::auth::oidc::configured(&state.config.security.oidc)
+    {
         let o = &state.config.security.oidc;
         body["oidc"] = json!({
             "issuer": o.issuer,
@@ -262,6 +265,7 @@ async fn login_request(
     let ctx = LoginContext {
         peer: conn.peer,
         binding: conn.binding,
+        issuer: Default::default(),
     };
     Ok((parts, body, ctx))
 }

@@ -518,3 +518,9 @@ pub fn next_otp() -> String {
         .expect("oathtool is installed by scripts/prepare-env");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// The Python with PyJWT that scripts/test installs (PORTCULLIS_TEST_PYTHON; a plain
+/// `python3` otherwise, and a test needing PyJWT fails saying so).
+pub fn python() -> String {
+    std::env::var("PORTCULLIS_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}

@@ -145,11 +145,15 @@ mod tests {
         };
         let e = a
             .inner
+            .as_ref()
+            .unwrap()
             .merged(found("https://idp.example.com/jwks"))
             .unwrap();
         assert_eq!(e.introspection, None);
         assert!(
             a.inner
+                .as_ref()
+                .unwrap()
                 .merged(found("http://idp.example.com/jwks"))
                 .is_err()
         );

@@ -182,7 +182,11 @@ mod tests {
     }
 
     fn verdict(a: &OidcAuthenticator, answer: Value) -> Result<(), &'static str> {
-        a.inner.check_introspected(&answer).map_err(|e| e.reason())
+        a.inner
+            .as_ref()
+            .unwrap()
+            .check_introspected(&answer)
+            .map_err(|e| e.reason())
     }
 
     #[test]

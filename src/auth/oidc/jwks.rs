@@ -231,6 +231,28 @@ impl Keys {
         Ok(set)
     }
 
+    /// The keys that may verify a token with this `kid` and header algorithm: from
+    /// the loaded set (fetched first if none is), and for a `kid` the set lacks, from
+    /// one refetch bounded by [`Keys::refetch_for`] (key rotation without a restart).
+    pub async fn for_token(
+        &self,
+        http: &reqwest::Client,
+        uri: &str,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Vec<VerifyKey>, Unreachable> {
+        let set = self.get_or_fetch(http, uri).await?;
+        let candidates = set.candidates(kid, alg);
+        if candidates.is_empty()
+            && let Some(kid) = kid
+            && !set.has_kid(kid)
+            && let Some(fresh) = self.refetch_for(http, uri, kid).await?
+        {
+            return Ok(fresh.candidates(Some(kid), alg));
+        }
+        Ok(candidates)
+    }
+
     /// Refetch for an unknown `kid`, unless a fetch happened within
     /// `refetch_interval` (then its outcome is repeated: no new key, or still
     /// unreachable). Concurrent callers wait for one fetch.

@@ -21,11 +21,17 @@
 //! `introspection` (RFC 7662 for opaque tokens), `userinfo` (claims it lacked, and
 //! OpenShift's user API), [`claims`] (user and groups); [`provider`] is the HTTP
 //! client they share and [`cache`] what is remembered between logins.
+//!
+//! With trusted issuers (`security.issuers`, [`issuers`]) a token is first routed by
+//! the `iss` of its payload: an issuer's tokens to that issuer, security.oidc's (and
+//! tokens that name no issuer, e.g. opaque ones) to security.oidc as above, any other
+//! `iss` refused (401 `unknown_issuer`) without contacting anything.
 
 pub mod cache;
 pub mod claims;
 pub mod discovery;
 mod introspection;
+pub mod issuers;
 pub mod jwks;
 mod jwt;
 pub mod provider;
@@ -33,7 +39,8 @@ pub mod settings;
 mod userinfo;
 
 pub use settings::{
-    Mode, Settings, insecure_endpoints, introspection_configured, missing_settings,
+    IssuerAlgorithm, IssuerSettings, Mode, Settings, configured, insecure_endpoints,
+    introspection_configured, missing_settings,
 };
 
 use std::sync::Arc;
@@ -48,8 +55,10 @@ use super::{
     AuthError, Authenticator, BoxFuture, Credentials, Identity, LoginContext, Mechanism, Outcome,
     Secret, valid_username,
 };
+use crate::logsafe::Untrusted;
 use cache::{Flights, TokenCache};
 use discovery::Endpoints;
+use issuers::{Issuer, Issuers};
 use jwks::{Keys, RETRY_FLOOR};
 use provider::Unreachable;
 
@@ -91,7 +100,16 @@ struct Inner {
 }
 
 pub struct OidcAuthenticator {
-    inner: Arc<Inner>,
+    /// `security.oidc`; `None` when only trusted issuers are configured.
+    inner: Option<Arc<Inner>>,
+    /// `security.issuers`; when there are any, tokens are routed by their `iss`.
+    issuers: Arc<Issuers>,
+}
+
+/// Who checks a bearer token.
+enum Route<'a> {
+    Oidc(&'a Inner),
+    Issuer(&'a Issuer),
 }
 
 fn rejected(reason: &'static str) -> AuthError {
@@ -116,7 +134,23 @@ fn unavailable(e: Unreachable) -> AuthError {
 }
 
 impl OidcAuthenticator {
+    /// `security.oidc` alone.
     pub fn new(settings: Settings) -> Result<Self, String> {
+        Self::with_issuers(Some(settings), Issuers::default())
+    }
+
+    /// `security.oidc` (if configured) and the trusted issuers; at least one of them.
+    pub fn with_issuers(settings: Option<Settings>, issuers: Issuers) -> Result<Self, String> {
+        if settings.is_none() && issuers.is_empty() {
+            return Err("the oidc mechanism needs security.oidc or security.issuers".into());
+        }
+        Ok(OidcAuthenticator {
+            inner: settings.map(Self::oidc).transpose()?.map(Arc::new),
+            issuers: Arc::new(issuers),
+        })
+    }
+
+    fn oidc(settings: Settings) -> Result<Inner, String> {
         let mode = settings.validation_mode;
         let http = provider::http_client(settings.ca_cert.as_deref())?;
         let explicit = Endpoints::configured(&settings);
@@ -137,15 +171,15 @@ impl OidcAuthenticator {
         if !inner.needs_discovery(&explicit) {
             inner.endpoints.store(Some(Arc::new(explicit)));
         }
-        Ok(OidcAuthenticator {
-            inner: Arc::new(inner),
-        })
+        Ok(inner)
     }
 
-    /// Keep discovery and the JWKS fresh in the background; a failed refresh keeps
-    /// what is known.
+    /// Keep discovery and the JWKS (security.oidc's and each issuer's) fresh in the
+    /// background; a failed refresh keeps what is known.
     pub fn spawn_refresh(&self) {
-        let weak = Arc::downgrade(&self.inner);
+        self.issuers.spawn_refresh();
+        let Some(inner) = &self.inner else { return };
+        let weak = Arc::downgrade(inner);
         tokio::spawn(async move {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
@@ -155,6 +189,75 @@ impl OidcAuthenticator {
             }
         });
     }
+
+    /// Which configuration checks `token` (SPEC §11): the issuer its unverified `iss`
+    /// names, else security.oidc for its own `iss` or a token naming none (an opaque
+    /// token); any other `iss` is refused here, before anything is contacted. A
+    /// security.oidc without `issuer` (introspection by URL, OpenShift) cannot be told
+    /// by `iss`, so it keeps every token no issuer claims.
+    fn route(&self, token: &str) -> Result<Route<'_>, AuthError> {
+        // Without trusted issuers, security.oidc sees every token, exactly as before.
+        if self.issuers.is_empty()
+            && let Some(inner) = self.inner.as_deref()
+        {
+            return Ok(Route::Oidc(inner));
+        }
+        let iss = issuers::unverified_iss(token);
+        if let Some(i) = iss.as_deref().and_then(|iss| self.issuers.get(iss)) {
+            return Ok(Route::Issuer(i));
+        }
+        match (self.inner.as_deref(), iss) {
+            (Some(inner), None) => Ok(Route::Oidc(inner)),
+            (Some(inner), Some(iss))
+                if inner
+                    .settings
+                    .issuer
+                    .as_deref()
+                    .is_none_or(|own| own == iss) =>
+            {
+                Ok(Route::Oidc(inner))
+            }
+            (_, Some(iss)) => {
+                tracing::info!(iss = %Untrusted(&iss), "bearer token refused: its iss is neither security.oidc.issuer nor a trusted issuer (security.issuers)");
+                Err(rejected("unknown_issuer"))
+            }
+            (None, None) => {
+                tracing::info!(
+                    "bearer token refused: not a JWT naming its issuer (iss), and security.oidc is not configured"
+                );
+                Err(rejected("unknown_issuer"))
+            }
+        }
+    }
+}
+
+/// The user and groups of verified claims: `username_claim` must hold a valid user
+/// name; groups from `groups_claim` (none when it is empty) replace NSS.
+pub(crate) fn identity_from(
+    claims: &Value,
+    username_claim: &str,
+    groups_claim: &str,
+) -> Result<Identity, AuthError> {
+    let Some(user) = claims::username(claims, username_claim) else {
+        tracing::info!(claim = %username_claim, "bearer token refused: the username claim is missing");
+        return Err(rejected("username_claim_missing"));
+    };
+    if !valid_username(&user) {
+        tracing::info!(claim = %username_claim, "bearer token refused: the username claim is not a valid user name");
+        return Err(rejected("username_invalid"));
+    }
+    // Groups come from the token and replace NSS; an empty groups_claim turns them off.
+    let groups = if groups_claim.is_empty() {
+        Vec::new()
+    } else {
+        claims::groups(claims, groups_claim).unwrap_or_default()
+    };
+    Ok(Identity {
+        user,
+        mechanism: Mechanism::Oidc,
+        groups: Some(groups),
+        response_token: None,
+    })
 }
 
 impl Inner {
@@ -233,26 +336,7 @@ impl Inner {
 
     fn identity(&self, claims: &Value) -> Result<Identity, AuthError> {
         let s = &self.settings;
-        let Some(user) = claims::username(claims, &s.username_claim) else {
-            tracing::info!(claim = %s.username_claim, "bearer token refused: the username claim is missing");
-            return Err(rejected("username_claim_missing"));
-        };
-        if !valid_username(&user) {
-            tracing::info!(claim = %s.username_claim, "bearer token refused: the username claim is not a valid user name");
-            return Err(rejected("username_invalid"));
-        }
-        // Groups come from the token and replace NSS; an empty groups_claim turns them off.
-        let groups = if s.groups_claim.is_empty() {
-            Vec::new()
-        } else {
-            claims::groups(claims, &s.groups_claim).unwrap_or_default()
-        };
-        Ok(Identity {
-            user,
-            mechanism: Mechanism::Oidc,
-            groups: Some(groups),
-            response_token: None,
-        })
+        identity_from(claims, &s.username_claim, &s.groups_claim)
     }
 }
 
@@ -262,18 +346,25 @@ impl Authenticator for OidcAuthenticator {
     }
 
     fn status(&self) -> serde_json::Value {
-        let inner = &self.inner;
-        serde_json::json!({
-            "uses_jwks": inner.mode.uses_jwt(),
-            "jwks_age_s": inner.keys.age().map(|a| a.as_secs()),
-            "keys": inner.keys.current().map_or(0, |k| k.len()),
-        })
+        let mut status = match &self.inner {
+            Some(inner) => serde_json::json!({
+                "configured": true,
+                "uses_jwks": inner.mode.uses_jwt(),
+                "jwks_age_s": inner.keys.age().map(|a| a.as_secs()),
+                "keys": inner.keys.current().map_or(0, |k| k.len()),
+            }),
+            None => serde_json::json!({"configured": false, "uses_jwks": false}),
+        };
+        if !self.issuers.is_empty() {
+            status["issuers"] = self.issuers.status();
+        }
+        status
     }
 
     fn authenticate<'a>(
         &'a self,
         credentials: Credentials,
-        _ctx: &'a LoginContext,
+        ctx: &'a LoginContext,
     ) -> BoxFuture<'a, Result<Outcome, AuthError>> {
         Box::pin(async move {
             let Credentials::Bearer(token) = credentials else {
@@ -289,8 +380,16 @@ impl Authenticator for OidcAuthenticator {
             if text.len() > 16 * 1024 || !text.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(rejected("token_malformed"));
             }
-            let claims = self.inner.validate(text).await?;
-            Ok(Outcome::Authenticated(self.inner.identity(&claims)?))
+            let inner = match self.route(text)? {
+                Route::Oidc(inner) => inner,
+                Route::Issuer(issuer) => {
+                    // Named in the audit line, success or not.
+                    let _ = ctx.issuer.set(issuer.name.clone());
+                    return Ok(Outcome::Authenticated(issuer.authenticate(text).await?));
+                }
+            };
+            let claims = inner.validate(text).await?;
+            Ok(Outcome::Authenticated(inner.identity(&claims)?))
         })
     }
 }

@@ -11,17 +11,26 @@ use serde_json::Value;
 pub struct Unreachable(pub String);
 
 pub fn http_client(ca_cert: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+    http_client_with(ca_cert, "security.oidc.ca_cert", Duration::from_secs(10))
+}
+
+/// [`http_client`] with a bound on each whole call (connecting takes at most 5 s of
+/// it); `ca_key` names the CA setting in error messages.
+pub fn http_client_with(
+    ca_cert: Option<&std::path::Path>,
+    ca_key: &str,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_cert {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("security.oidc.ca_cert {}: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|e| format!("{ca_key} {}: {e}", path.display()))?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("security.oidc.ca_cert {}: {e}", path.display()))?
+            .map_err(|e| format!("{ca_key} {}: {e}", path.display()))?
         {
             b = b.add_root_certificate(cert);
         }
