@@ -128,3 +128,68 @@ async fn an_inmanta_server_accepts_portcullis_tokens_through_its_jwks() {
     let err = decode(&cfg, &d.ca(), &foreign).expect_err("another key");
     assert!(err.contains("Forbidden"), "{err}");
 }
+
+/// A token made by Inmanta's own `encode_token` with the signing section of
+/// `inmanta_cfg` (HS256, its `key`), as `inmanta-cli token create` makes them.
+fn inmanta_token(dir: &Path, client_types: &[&str], env: &str, sub: &str) -> String {
+    let cfg = dir.join("inmanta-sign.cfg");
+    std::fs::write(
+        &cfg,
+        "[auth_jwt_default]\nalgorithm=HS256\nsign=true\nclient_types=agent,compiler,api\n\
+         key=c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0NQ\nexpire=600\n\
+         issuer=https://localhost:8888/\naudience=https://localhost:8888/\n",
+    )
+    .unwrap();
+    let script = r#"
+import json, sys
+from inmanta import config
+config.Config.load_config(main_cfg_file=sys.argv[1])
+from inmanta.protocol import auth
+print(auth.encode_token(json.loads(sys.argv[2]), environment=sys.argv[3], custom_claims={"sub": sys.argv[4]}))
+"#;
+    let out = Command::new(inmanta_python())
+        .args(["-c", script])
+        .arg(&cfg)
+        .arg(serde_json::to_string(client_types).unwrap())
+        .args([env, sub])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "inmanta: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn portcullis_accepts_inmanta_own_hs256_tokens_as_a_trusted_issuer() {
+    let dir = tempdir();
+    // The README's issuer block for an Inmanta server's signing section.
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            "security.issuers.inmanta.issuer=https://localhost:8888/",
+            "security.issuers.inmanta.audience=https://localhost:8888/",
+            "security.issuers.inmanta.algorithm=HS256",
+            "security.issuers.inmanta.secret=c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0NQ",
+            "security.issuers.inmanta.client_types=agent,api",
+            "security.token.claim_prefix=urn:inmanta:",
+        ],
+    );
+    let env = "6bb5e5c4-6d2b-4b0b-8f6e-6b3b3c0a7a11";
+    let agent = inmanta_token(dir.path(), &["agent"], env, "pcalice");
+    let r = bearer(&d, &agent).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["user"], "pcalice");
+    // Groups come from the token, as for every IdP token; Inmanta's carry none.
+    assert_eq!(r.json()["groups"], serde_json::json!([]));
+    assert_eq!(r.json()["mechanism"], "oidc");
+    wait_for_log(&d, "issuer=\"inmanta\"").await;
+
+    // A compiler token: a client type this issuer does not accept.
+    let compiler = inmanta_token(dir.path(), &["compiler"], env, "pcalice");
+    let r = bearer(&d, &compiler).await;
+    assert_eq!(r.status, 403, "{:?}", r.json());
+    assert_eq!(r.json()["error"], "account_unavailable");
+}
