@@ -24,6 +24,30 @@ pub struct Config {
     pub ssl: Ssl,
     pub security: Security,
     pub log: Log,
+    /// The policy front (SPEC §12): `/v1/authorize` and the browser login.
+    pub forward: Forward,
+}
+
+/// `forward.*` (SPEC §12).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    /// `"<regex>:<VERBS>"` (verbs comma-separated or `*`): no identity needed.
+    pub public_uris: Vec<String>,
+    /// `<label or group>: r:<resource regex>:<verbs>` / `h:<header>:<value>` lines.
+    pub rules_file: Option<PathBuf>,
+    /// The user header's value on a public URI without identity.
+    pub anonymous_value: String,
+    pub header_user: String,
+    pub header_groups: String,
+    pub header_labels: String,
+    /// The daemon's URL as browsers reach it (the OIDC callback, redirects);
+    /// from the request's `Host` when unset.
+    pub public_url: Option<String>,
+    /// `Domain` of the `portcullis_session` cookie (host-only when unset).
+    pub cookie_domain: Option<String>,
+    /// Hosts `rd` may send a browser back to after a login; anything else goes to `/`.
+    pub allowed_redirect_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +131,8 @@ pub struct Security {
     pub require_local_account: bool,
     /// Origins besides the daemon's own that may POST logins (SPEC §9).
     pub allowed_origins: Vec<String>,
+    /// Addresses or CIDRs whose X-Original-*/X-Forwarded-* headers are believed (SPEC §12).
+    pub trusted_proxies: Vec<String>,
     pub max_sessions_per_user: usize,
     pub max_sessions: usize,
     /// Where sessions live (SPEC §10): this process only, or a crash-safe file.

@@ -62,6 +62,9 @@ pub struct Settings {
     pub introspection_uri: Option<String>,
     pub introspection_client_id: Option<String>,
     pub introspection_client_secret: Option<zeroize::Zeroizing<String>>,
+    /// The browser login's "sign in with the IdP" (SPEC §12): `client_id` as a
+    /// confidential client with this secret.
+    pub client_secret: Option<zeroize::Zeroizing<String>>,
     pub userinfo_uri: Option<String>,
     pub openshift_user_api_uri: Option<String>,
     pub ca_cert: Option<std::path::PathBuf>,
@@ -73,6 +76,7 @@ impl std::fmt::Debug for Settings {
             .field("issuer", &self.issuer)
             .field("validation_mode", &self.validation_mode)
             .field("introspection_client_secret", &"***")
+            .field("client_secret", &"***")
             .finish_non_exhaustive()
     }
 }
