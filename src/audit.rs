@@ -106,6 +106,28 @@ pub fn token_issued(
     );
 }
 
+/// A `/v1/authorize` refusal (SPEC §12): who, what was asked, the answer.
+pub fn authorize_refused(
+    peer: SocketAddr,
+    user: Option<&str>,
+    method: &str,
+    uri: &str,
+    status: u16,
+    reason: &str,
+) {
+    tracing::info!(
+        target: TARGET,
+        event = "authorize",
+        peer = %peer,
+        user = user.unwrap_or(""),
+        method = %crate::logsafe::Untrusted(method),
+        uri = %crate::logsafe::Untrusted(uri),
+        status,
+        result = "refused",
+        reason,
+    );
+}
+
 pub fn admin_revoke(uid: u32, which: &str, count: usize) {
     tracing::info!(
         target: TARGET,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod devcerts;
 pub mod directory;
 pub mod error;
+pub mod forward;
 pub mod issued;
 pub mod labels;
 pub mod logsafe;

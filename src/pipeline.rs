@@ -197,12 +197,39 @@ impl Pipeline {
         (self.issue(identity, ctx).await, Some(user))
     }
 
-    /// Groups, labels and the session for a proven identity.
-    async fn issue(
+    /// Who a bearer token (an IdP's or a trusted issuer's JWT, an opaque IdP token)
+    /// names, with groups and labels, without making a session: `/v1/authorize`
+    /// checks such a token on every call (SPEC §12). Not throttled per address:
+    /// behind a proxy that address is the proxy's.
+    pub async fn identify_bearer(
+        &self,
+        token: crate::auth::Secret,
+        ctx: &LoginContext,
+    ) -> Result<Arc<SessionInfo>, AuthError> {
+        let Some(authenticator) = self.authenticators.get(&Mechanism::Oidc) else {
+            return Err(AuthError::rejected(
+                "mechanism_disabled",
+                "bearer tokens of an IdP are not accepted here (oidc is not enabled)",
+            ));
+        };
+        match authenticator
+            .authenticate(Credentials::Bearer(token), ctx)
+            .await?
+        {
+            Outcome::Authenticated(identity) => self.resolve(identity, ctx).await,
+            Outcome::Challenge(_) => Err(AuthError::rejected(
+                "no_credentials",
+                "the token asks for more than a forward-auth check can give",
+            )),
+        }
+    }
+
+    /// Groups and labels of a proven identity.
+    async fn resolve(
         &self,
         identity: Identity,
         ctx: &LoginContext,
-    ) -> Result<LoginResult, AuthError> {
+    ) -> Result<Arc<SessionInfo>, AuthError> {
         let groups: Arc<[Arc<str>]> = match identity.groups {
             Some(gs) => gs.iter().map(|g| Arc::from(g.as_str())).collect(),
             None => match self.directory.lookup(&identity.user).await {
@@ -234,14 +261,24 @@ impl Pipeline {
             },
         };
         let labels: Arc<[Arc<str>]> = self.labels.load().labels_for(&groups).into();
-        let info = Arc::new(SessionInfo {
+        Ok(Arc::new(SessionInfo {
             user: Arc::from(identity.user.as_str()),
             mechanism: identity.mechanism,
             groups,
             labels,
             created_at: std::time::SystemTime::now(),
             peer: Some(ctx.peer.ip()),
-        });
+        }))
+    }
+
+    /// Groups, labels and the session for a proven identity.
+    async fn issue(
+        &self,
+        identity: Identity,
+        ctx: &LoginContext,
+    ) -> Result<LoginResult, AuthError> {
+        let response_token = identity.response_token.clone();
+        let info = self.resolve(identity, ctx).await?;
         let created = match self.sessions.create(info, self.policy.session_ttl).await {
             Ok(c) => c,
             Err(e @ SessionError::Unavailable) => {
@@ -259,7 +296,7 @@ impl Pipeline {
             }
         };
         if !created.evicted.is_empty() {
-            audit::sessions_evicted(&identity.user, created.evicted.len());
+            audit::sessions_evicted(&created.session.info.user, created.evicted.len());
             for _ in &created.evicted {
                 self.metrics.session_evicted();
             }
@@ -271,7 +308,7 @@ impl Pipeline {
         Ok(LoginResult::Session {
             token,
             session,
-            response_token: identity.response_token,
+            response_token,
         })
     }
 

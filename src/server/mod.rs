@@ -2,6 +2,7 @@
 //! handles SIGHUP (reload) and SIGTERM (drain), and tells systemd when it is ready.
 
 pub mod admin;
+pub mod authorize;
 pub mod body;
 pub mod credentials;
 pub mod listener;
@@ -28,6 +29,7 @@ use crate::blocking::BlockingPool;
 use crate::config::Config;
 use crate::config::{SessionFormat, SessionStoreKind};
 use crate::directory::Directory;
+use crate::forward::Policy as ForwardPolicy;
 use crate::issued::TokenIssuer;
 use crate::labels::LabelMap;
 use crate::metrics::Metrics;
@@ -76,6 +78,12 @@ pub struct AppState {
     pub last_reload: Mutex<Option<ReloadRecord>>,
     /// The daemon's own JWTs: JWT sessions, service tokens, the published keys.
     pub tokens: Arc<TokenIssuer>,
+    /// `/v1/authorize`'s public URIs and rules; swapped whole on SIGHUP.
+    pub forward: ArcSwap<ForwardPolicy>,
+    /// Peers whose X-Original-*/X-Forwarded-* headers are believed.
+    pub trusted_proxies: Vec<authorize::Cidr>,
+    /// IdP tokens `/v1/authorize` already checked.
+    pub bearer_cache: authorize::BearerCache,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +184,7 @@ pub struct StartupFiles {
     /// `None` when `ssl.enabled` is false or the check was skipped.
     pub tls: Option<tls::TlsSetup>,
     pub labels: LabelMap,
+    pub forward: ForwardPolicy,
 }
 
 /// The startup check shared by `serve` and `check-config`: read every file the
@@ -203,8 +212,16 @@ pub fn check_startup(config: &Config, check_tls: bool) -> Result<StartupFiles, V
         problems.push(e);
         LabelMap::default()
     });
+    let forward = load_forward(config).unwrap_or_else(|e| {
+        problems.push(e);
+        ForwardPolicy::default()
+    });
     if problems.is_empty() {
-        Ok(StartupFiles { tls, labels })
+        Ok(StartupFiles {
+            tls,
+            labels,
+            forward,
+        })
     } else {
         Err(problems)
     }
@@ -237,6 +254,13 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
     let directory = Directory::new(pools.nss, Duration::from_secs(sec.group_cache_ttl));
     let sessions = open_sessions(&config, redis)?;
     let tokens = Arc::new(open_tokens(&config)?);
+    let trusted_proxies = config
+        .security
+        .trusted_proxies
+        .iter()
+        .map(|t| authorize::Cidr::parse(t).map_err(|e| format!("security.trusted_proxies: {e}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StartError::Config)?;
     let mut pipeline = Pipeline::new(
         authenticators,
         directory,
@@ -259,6 +283,9 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
         tls,
         last_reload: Mutex::new(None),
         tokens,
+        forward: ArcSwap::from_pointee(files.forward),
+        trusted_proxies,
+        bearer_cache: Default::default(),
     })
 }
 
@@ -336,6 +363,13 @@ fn open_sessions(
     })
 }
 
+fn load_forward(config: &Config) -> Result<ForwardPolicy, String> {
+    ForwardPolicy::load(
+        &config.forward.public_uris,
+        config.forward.rules_file.as_deref(),
+    )
+}
+
 fn load_labels(config: &Config) -> Result<LabelMap, String> {
     LabelMap::load(
         config.security.labelfile.as_deref(),
@@ -373,6 +407,17 @@ fn reload(state: &AppState) {
             tracing::error!(error = %e, "label reload failed; keeping the previous labels");
             failed = true;
             detail.push(format!("label reload failed (previous kept): {e}"));
+        }
+    }
+    match load_forward(&state.config) {
+        Ok(p) => {
+            state.forward.store(Arc::new(p));
+            detail.push("forward rules reloaded".to_string());
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "forward rules reload failed; keeping the previous rules");
+            failed = true;
+            detail.push(format!("forward rules reload failed (previous kept): {e}"));
         }
     }
     match state.tokens.reload() {

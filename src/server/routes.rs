@@ -39,6 +39,10 @@ pub async fn handle(
         linger(req.into_body());
         return error_response(&e);
     }
+    if path == "/v1/authorize" {
+        // Any method: the proxy asks with the original request's (nginx) or GET.
+        return super::authorize::authorize(&state, &conn, req).await;
+    }
     let result = match (path.as_str(), &method) {
         ("/healthz", &Method::GET) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         ("/metrics", &Method::GET) => Ok(metrics(&state)),
