@@ -110,9 +110,9 @@ impl Policy {
     pub fn load(public_uris: &[String], rules_file: Option<&Path>) -> Result<Policy, String> {
         let mut policy = Policy::default();
         for (i, p) in public_uris.iter().enumerate() {
-            policy.public.push(
-                Resource::parse(p).map_err(|e| format!("forward.public_uris[{i}]: {e}"))?,
-            );
+            policy
+                .public
+                .push(Resource::parse(p).map_err(|e| format!("forward.public_uris[{i}]: {e}"))?);
         }
         if let Some(path) = rules_file {
             let text = std::fs::read_to_string(path)
@@ -260,7 +260,10 @@ mod tests {
             ])
         );
         assert_eq!(p.decide(s(&["analysts"]), "POST", "/api/x"), Decision::Deny);
-        assert_eq!(p.decide(s(&["analysts"]), "HEAD", "/api/x"), Decision::Allow(vec![("x-team".into(), "data".into())]));
+        assert_eq!(
+            p.decide(s(&["analysts"]), "HEAD", "/api/x"),
+            Decision::Allow(vec![("x-team".into(), "data".into())])
+        );
         assert_eq!(
             p.decide(s(&["analysts", "ops"]), "DELETE", "/api/admin/1"),
             Decision::Allow(vec![("x-team".into(), "data,ops".into())]),
@@ -277,9 +280,17 @@ mod tests {
         let e = Policy::load(&[], Some(&f)).unwrap_err();
         assert!(e.contains("rules:2: bad regex"), "{e}");
         std::fs::write(&f, "x: q:/a:GET\n").unwrap();
-        assert!(Policy::load(&[], Some(&f)).unwrap_err().contains("rules:1: \"q:\""));
+        assert!(
+            Policy::load(&[], Some(&f))
+                .unwrap_err()
+                .contains("rules:1: \"q:\"")
+        );
         std::fs::write(&f, "x: r:/a:GE T\n").unwrap();
-        assert!(Policy::load(&[], Some(&f)).unwrap_err().contains("HTTP methods"));
+        assert!(
+            Policy::load(&[], Some(&f))
+                .unwrap_err()
+                .contains("HTTP methods")
+        );
         assert!(
             Policy::load(&["nocolon".into()], None)
                 .unwrap_err()

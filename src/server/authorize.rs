@@ -74,7 +74,9 @@ impl Cidr {
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.bits)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -147,7 +149,9 @@ fn original(req: &Request<hyper::body::Incoming>, trusted: bool) -> Original {
             host: header(h, "x-forwarded-host")
                 .or(header(h, "host"))
                 .map(str::to_string),
-            proto: header(h, "x-forwarded-proto").unwrap_or("https").to_string(),
+            proto: header(h, "x-forwarded-proto")
+                .unwrap_or("https")
+                .to_string(),
             nginx: true,
         };
     }
@@ -160,7 +164,9 @@ fn original(req: &Request<hyper::body::Incoming>, trusted: bool) -> Original {
             host: header(h, "x-forwarded-host")
                 .or(header(h, "host"))
                 .map(str::to_string),
-            proto: header(h, "x-forwarded-proto").unwrap_or("https").to_string(),
+            proto: header(h, "x-forwarded-proto")
+                .unwrap_or("https")
+                .to_string(),
             nginx: false,
         };
     }
@@ -315,12 +321,23 @@ pub async fn authorize(
     }
     let who = identity(state, conn, req.headers()).await;
     let refuse = |status: StatusCode, user: Option<&str>, reason: &str| {
-        crate::audit::authorize_refused(conn.peer, user, &o.method, &o.uri, status.as_u16(), reason);
+        crate::audit::authorize_refused(
+            conn.peer,
+            user,
+            &o.method,
+            &o.uri,
+            status.as_u16(),
+            reason,
+        );
     };
     let info = match who {
         Who::Known(info) => info,
         Who::Unavailable => {
-            refuse(StatusCode::SERVICE_UNAVAILABLE, None, "dependency_unavailable");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "dependency_unavailable",
+            );
             return empty(StatusCode::SERVICE_UNAVAILABLE);
         }
         Who::Nobody | Who::Invalid(_) => {
@@ -337,7 +354,11 @@ pub async fn authorize(
                 );
                 let base = f.public_url.as_deref().unwrap_or("").trim_end_matches('/');
                 let mut r = empty(StatusCode::FOUND);
-                set(&mut r, "location", &format!("{base}/login?rd={}", encode(&back)));
+                set(
+                    &mut r,
+                    "location",
+                    &format!("{base}/login?rd={}", encode(&back)),
+                );
                 refuse(StatusCode::FOUND, None, reason);
                 return r;
             }
@@ -386,8 +407,16 @@ mod tests {
         let one = Cidr::parse("10.0.0.5").unwrap();
         assert!(one.contains("10.0.0.5".parse().unwrap()));
         assert!(!one.contains("10.0.0.6".parse().unwrap()));
-        assert!(Cidr::parse("::1/128").unwrap().contains("::1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(
+            Cidr::parse("::1/128")
+                .unwrap()
+                .contains("::1".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nope").is_err());
     }
@@ -395,7 +424,10 @@ mod tests {
     #[test]
     fn the_session_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, "a=1; portcullis_session=pcs_x; b=2".parse().unwrap());
+        h.append(
+            header::COOKIE,
+            "a=1; portcullis_session=pcs_x; b=2".parse().unwrap(),
+        );
         assert_eq!(session_cookie(&h).as_deref(), Some("pcs_x"));
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, "xportcullis_session=1".parse().unwrap());
@@ -404,6 +436,9 @@ mod tests {
 
     #[test]
     fn redirect_targets_are_percent_encoded() {
-        assert_eq!(encode("https://a/b?c=d&e"), "https%3A%2F%2Fa%2Fb%3Fc%3Dd%26e");
+        assert_eq!(
+            encode("https://a/b?c=d&e"),
+            "https%3A%2F%2Fa%2Fb%3Fc%3Dd%26e"
+        );
     }
 }

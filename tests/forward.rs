@@ -1,0 +1,254 @@
+//! SPEC §12: the policy front. A real nginx (`auth_request`) and a real Caddy
+//! (`forward_auth`) in front of a backend that echoes the headers it receives,
+//! configured as the README says, with ARLAS-style rules.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::echo::{Echo, received};
+use common::nginx::Nginx;
+use common::*;
+use serde_json::Value;
+
+const RULES: &str = "\
+# ARLAS-style permissions, per group or label
+pcanalysts: r:/api/.*:GET,HEAD
+pcops: rule:/api/admin/.*:*
+pcanalysts: h:arlas-org-filter:h:org1:analysts
+pcops: header:arlas-org-filter:h:org1:ops
+";
+
+fn daemon(dir: &Path, extra: &[&str]) -> Daemon {
+    std::fs::write(dir.join("rules"), RULES).unwrap();
+    let rules = format!("forward.rules_file={}", dir.join("rules").display());
+    let mut defines = vec![
+        rules.as_str(),
+        "forward.public_uris=/swagger.*:*",
+        "security.pam_service=portcullis-test",
+    ];
+    defines.extend_from_slice(extra);
+    let d = Daemon::start(dir, &defines);
+    d.dev_certs(&["pcalice", "pcbob"]);
+    d
+}
+
+/// The README's nginx site, pointed at `d` and the echo backend.
+fn nginx_conf(d: &Daemon, backend: u16) -> String {
+    format!(
+        r#"events {{}}
+http {{
+  access_log off;
+  server {{
+    listen 127.0.0.1:{{port}};
+    location = /_portcullis {{
+      internal;
+      proxy_pass https://127.0.0.1:{dport}/v1/authorize;
+      proxy_ssl_trusted_certificate {ca};
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Forwarded-Proto $scheme;
+    }}
+    location @unauthorized {{
+      if ($http_accept ~* "text/html") {{
+        return 302 https://auth.example/login?rd=$scheme://$http_host$request_uri;
+      }}
+      return 401;
+    }}
+    location / {{
+      auth_request /_portcullis;
+      error_page 401 = @unauthorized;
+      auth_request_set $pc_user $upstream_http_x_forwarded_user;
+      auth_request_set $pc_groups $upstream_http_x_forwarded_groups;
+      auth_request_set $pc_labels $upstream_http_x_forwarded_labels;
+      auth_request_set $pc_org $upstream_http_arlas_org_filter;
+      proxy_set_header X-Forwarded-User $pc_user;
+      proxy_set_header X-Forwarded-Groups $pc_groups;
+      proxy_set_header X-Forwarded-Labels $pc_labels;
+      proxy_set_header arlas-org-filter $pc_org;
+      proxy_pass http://127.0.0.1:{backend};
+    }}
+  }}
+}}"#,
+        dport = d.port,
+        ca = d.ca().display(),
+    )
+}
+
+/// `curl` through the front: status, the backend's echo (Null if none), headers.
+fn curl(port: u16, method: &str, path: &str, headers: &[&str]) -> (u16, Value, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-D", "-", "-X", method]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(Value::Null),
+        head.to_string(),
+    )
+}
+
+/// Every spelling a client might use to smuggle an identity header.
+const SMUGGLED: [&str; 6] = [
+    "X-Forwarded-User: root",
+    "x-forwarded-user: root",
+    "X_Forwarded_User: root",
+    "X-FORWARDED-USER: root, admin",
+    "arlas-org-filter: h:org1:everything",
+    "X-Forwarded-Groups: wheel",
+];
+
+#[tokio::test]
+async fn nginx_auth_request_enforces_the_rules_and_owns_the_identity_headers() {
+    let dir = tempdir();
+    let d = daemon(dir.path(), &[]);
+    let backend = Echo::start();
+    let nginx = Nginx::start(&nginx_conf(&d, backend.port));
+    let alice = format!(
+        "Cookie: portcullis_session={}",
+        d.cert_session("pcalice").await
+    );
+    let bob = format!("Authorization: Bearer {}", d.cert_session("pcbob").await);
+
+    // No identity: 401 for an API client, to the login page for a browser.
+    let (status, echo, _) = curl(nginx.port, "GET", "/api/x", &[]);
+    assert_eq!(status, 401);
+    assert_eq!(echo, Value::Null, "the backend was not called");
+    let (status, _, head) = curl(nginx.port, "GET", "/api/x?q=1", &["Accept: text/html"]);
+    assert_eq!(status, 302);
+    assert!(head.contains("/login?rd=http://127.0.0.1:"), "{head}");
+
+    // Public: anonymous, whatever the client claims.
+    let mut hostile = vec![];
+    hostile.extend_from_slice(&SMUGGLED);
+    let (status, echo, _) = curl(nginx.port, "GET", "/swagger.json", &hostile);
+    assert_eq!(status, 200);
+    assert_eq!(received(&echo, "x-forwarded-user"), ["anonymous"]);
+    assert!(received(&echo, "x_forwarded_user").is_empty());
+    assert!(received(&echo, "arlas-org-filter").is_empty(), "{echo}");
+    assert!(received(&echo, "x-forwarded-groups").is_empty(), "{echo}");
+
+    // alice (pcanalysts, pcops): allowed, headers from the rules merged.
+    let mut with = vec![alice.as_str()];
+    with.extend_from_slice(&SMUGGLED);
+    let (status, echo, _) = curl(nginx.port, "DELETE", "/api/admin/7", &with);
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(received(&echo, "x-forwarded-user"), ["pcalice"]);
+    assert_eq!(
+        received(&echo, "x-forwarded-groups"),
+        ["pcalice,pcanalysts,pcops"]
+    );
+    assert_eq!(
+        received(&echo, "arlas-org-filter"),
+        ["h:org1:analysts,h:org1:ops"]
+    );
+    assert!(received(&echo, "x_forwarded_user").is_empty());
+    assert_eq!(echo["method"], "DELETE");
+
+    // bob (pcanalysts): GET yes, POST and admin writes no.
+    let mut with = vec![bob.as_str()];
+    with.extend_from_slice(&SMUGGLED);
+    let (status, echo, _) = curl(nginx.port, "GET", "/api/reports?x=1", &with);
+    assert_eq!(status, 200);
+    assert_eq!(received(&echo, "x-forwarded-user"), ["pcbob"]);
+    assert_eq!(received(&echo, "arlas-org-filter"), ["h:org1:analysts"]);
+    for (method, path) in [
+        ("POST", "/api/reports"),
+        ("DELETE", "/api/admin/7"),
+        ("GET", "/other"),
+    ] {
+        let (status, echo, _) = curl(nginx.port, method, path, &[&bob]);
+        assert_eq!(status, 403, "{method} {path}");
+        assert_eq!(echo, Value::Null);
+    }
+
+    // A logged-out session is refused at the next request.
+    let bob_token = bob.trim_start_matches("Authorization: Bearer ");
+    assert_eq!(delete_session(&d.client(None), bob_token).await.status, 204);
+    assert_eq!(curl(nginx.port, "GET", "/api/x", &[&bob]).0, 401);
+    // Garbage and forged credentials.
+    for h in [
+        "Cookie: portcullis_session=pcs_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "Authorization: Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJyb290In0.",
+        "Authorization: Basic cm9vdDpyb290",
+    ] {
+        assert_eq!(curl(nginx.port, "GET", "/api/x", &[h]).0, 401, "{h}");
+    }
+    wait_for_log(&d, "event=\"authorize\"").await;
+    let log = d.log();
+    assert!(log.contains("reason=\"no_matching_rule\"") && log.contains("status=403"));
+}
+
+#[tokio::test]
+async fn the_original_request_is_believed_only_from_trusted_proxies() {
+    let dir = tempdir();
+    let d = daemon(dir.path(), &["security.trusted_proxies=10.0.0.0/8"]);
+    let c = d.client(None);
+    let ask = |headers: Vec<(&'static str, &'static str)>| {
+        let c = &c;
+        async move {
+            c.request(hyper::Method::GET, "/v1/authorize", &headers, None)
+                .await
+                .unwrap()
+        }
+    };
+    // From 127.0.0.1, not a trusted proxy: the claimed public URI is not believed.
+    let r = ask(vec![
+        ("x-original-uri", "/swagger.json"),
+        ("x-original-method", "GET"),
+    ])
+    .await;
+    assert_eq!(r.status, 401);
+    let r = ask(vec![
+        ("x-forwarded-uri", "/swagger.json"),
+        ("x-forwarded-method", "GET"),
+    ])
+    .await;
+    assert_eq!(r.status, 401);
+
+    // Trusted (the default, loopback): a forward-auth browser gets the redirect itself.
+    let dir2 = tempdir();
+    let d2 = daemon(dir2.path(), &["forward.public_url=https://auth.example"]);
+    let r = d2
+        .client(None)
+        .request(
+            hyper::Method::GET,
+            "/v1/authorize",
+            &[
+                ("x-forwarded-uri", "/api/x?y=1"),
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-host", "app.example"),
+                ("x-forwarded-proto", "https"),
+                ("accept", "text/html,application/xhtml+xml"),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.headers.get("location").unwrap().to_str().unwrap(),
+        "https://auth.example/login?rd=https%3A%2F%2Fapp.example%2Fapi%2Fx%3Fy%3D1"
+    );
+}
