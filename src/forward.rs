@@ -173,6 +173,18 @@ impl Policy {
         Ok(())
     }
 
+    /// Every header name an `h:` permission sets (lower case, once each).
+    pub fn header_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .grants
+            .values()
+            .flat_map(|g| g.headers.iter().map(|(n, _)| n.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Whether `method path` needs no identity.
     pub fn is_public(&self, method: &str, path: &str) -> bool {
         self.public.iter().any(|r| r.matches(method, path))

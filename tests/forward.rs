@@ -252,3 +252,99 @@ async fn the_original_request_is_believed_only_from_trusted_proxies() {
         "https://auth.example/login?rd=https%3A%2F%2Fapp.example%2Fapi%2Fx%3Fy%3D1"
     );
 }
+
+/// The README's Caddy site: the client's identity headers removed first, then
+/// `forward_auth` copies ours, then the backend (in this order: `route`).
+fn caddy_site(d: &Daemon, backend: u16) -> String {
+    format!(
+        "\troute {{\n\
+         \t\trequest_header -X-Forwarded-User\n\
+         \t\trequest_header -X-Forwarded-Groups\n\
+         \t\trequest_header -X-Forwarded-Labels\n\
+         \t\trequest_header -arlas-org-filter\n\
+         \t\trequest_header -X_Forwarded_*\n\
+         \t\trequest_header -Arlas_Org_Filter\n\
+         \t\tforward_auth https://127.0.0.1:{dport} {{\n\
+         \t\t\turi /v1/authorize\n\
+         \t\t\tcopy_headers X-Forwarded-User X-Forwarded-Groups X-Forwarded-Labels arlas-org-filter\n\
+         \t\t\ttransport http {{\n\
+         \t\t\t\ttls_trusted_ca_certs {ca}\n\
+         \t\t\t\ttls_server_name localhost\n\
+         \t\t\t}}\n\
+         \t\t}}\n\
+         \t\treverse_proxy 127.0.0.1:{backend}\n\
+         \t}}",
+        dport = d.port,
+        ca = d.ca().display(),
+    )
+}
+
+#[tokio::test]
+async fn caddy_forward_auth_enforces_the_rules_and_owns_the_identity_headers() {
+    let dir = tempdir();
+    let d = daemon(dir.path(), &["forward.public_url=https://auth.example"]);
+    let backend = Echo::start();
+    let caddy = common::caddy::Caddy::start(&caddy_site(&d, backend.port));
+    let alice = format!(
+        "Cookie: portcullis_session={}",
+        d.cert_session("pcalice").await
+    );
+    let bob = format!("Authorization: Bearer {}", d.cert_session("pcbob").await);
+
+    let (status, echo, _) = curl(caddy.port, "GET", "/api/x", &[]);
+    assert_eq!(status, 401, "{}", caddy.log());
+    assert_eq!(echo, Value::Null);
+    let (status, _, head) = curl(caddy.port, "GET", "/api/x?q=1", &["Accept: text/html"]);
+    assert_eq!(status, 302, "{head}");
+    assert!(
+        head.contains("location: https://auth.example/login?rd=http%3A%2F%2F127.0.0.1%3A")
+            || head.contains("Location: https://auth.example/login?rd=http%3A%2F%2F127.0.0.1%3A"),
+        "{head}"
+    );
+
+    let (status, echo, _) = curl(caddy.port, "GET", "/swagger.json", &SMUGGLED);
+    assert_eq!(status, 200);
+    assert_eq!(received(&echo, "x-forwarded-user"), ["anonymous"], "{echo}");
+    assert!(
+        received(&echo, "arlas-org-filter")
+            .iter()
+            .all(|v| v.is_empty()),
+        "{echo}"
+    );
+    assert!(
+        received(&echo, "x-forwarded-groups")
+            .iter()
+            .all(|v| v.is_empty()),
+        "{echo}"
+    );
+    assert!(received(&echo, "x_forwarded_user").is_empty(), "{echo}");
+
+    let mut with = vec![alice.as_str()];
+    with.extend_from_slice(&SMUGGLED);
+    let (status, echo, _) = curl(caddy.port, "PUT", "/api/admin/7", &with);
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(received(&echo, "x-forwarded-user"), ["pcalice"], "{echo}");
+    assert_eq!(
+        received(&echo, "x-forwarded-groups"),
+        ["pcalice,pcanalysts,pcops"]
+    );
+    assert_eq!(
+        received(&echo, "arlas-org-filter"),
+        ["h:org1:analysts,h:org1:ops"]
+    );
+    assert!(received(&echo, "x_forwarded_user").is_empty(), "{echo}");
+
+    let mut with = vec![bob.as_str()];
+    with.extend_from_slice(&SMUGGLED);
+    let (status, echo, _) = curl(caddy.port, "GET", "/api/x", &with);
+    assert_eq!(status, 200);
+    assert_eq!(received(&echo, "x-forwarded-user"), ["pcbob"], "{echo}");
+    assert_eq!(
+        received(&echo, "arlas-org-filter"),
+        ["h:org1:analysts"],
+        "{echo}"
+    );
+    let (status, echo, _) = curl(caddy.port, "POST", "/api/x", &[&bob]);
+    assert_eq!(status, 403);
+    assert_eq!(echo, Value::Null);
+}

@@ -284,6 +284,31 @@ fn set(resp: &mut Response<Body>, name: &str, value: &str) {
     }
 }
 
+/// A 200 carries every identity header, empty when it has no value: proxies that
+/// copy headers from our answer then replace whatever the client sent under those
+/// names (Caddy 2.6 even forwards its unresolved placeholder for a missing one).
+fn allowed(
+    f: &crate::config::types::Forward,
+    policy: &crate::forward::Policy,
+    user: &str,
+    groups: &str,
+    labels: &str,
+    extra: Vec<(String, String)>,
+) -> Response<Body> {
+    let mut r = empty(StatusCode::OK);
+    set(&mut r, &f.header_user, user);
+    set(&mut r, &f.header_groups, groups);
+    set(&mut r, &f.header_labels, labels);
+    for name in policy.header_names() {
+        let value = extra
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("", |(_, v)| v.as_str());
+        set(&mut r, &name, value);
+    }
+    r
+}
+
 fn wants_html(h: &HeaderMap) -> bool {
     header(h, "accept").is_some_and(|a| a.contains("text/html"))
 }
@@ -315,9 +340,7 @@ pub async fn authorize(
     let path = path_of(&o.uri).to_string();
     let policy = state.forward.load();
     if policy.is_public(&o.method, &path) {
-        let mut r = empty(StatusCode::OK);
-        set(&mut r, &f.header_user, &f.anonymous_value);
-        return r;
+        return allowed(f, &policy, &f.anonymous_value, "", "", Vec::new());
     }
     let who = identity(state, conn, req.headers()).await;
     let refuse = |status: StatusCode, user: Option<&str>, reason: &str| {
@@ -379,17 +402,17 @@ pub async fn authorize(
             empty(StatusCode::FORBIDDEN)
         }
         Decision::Allow(extra) => {
-            let mut r = empty(StatusCode::OK);
             let join = |v: &[std::sync::Arc<str>]| {
                 v.iter().map(|s| s.as_ref()).collect::<Vec<_>>().join(",")
             };
-            set(&mut r, &f.header_user, &info.user);
-            set(&mut r, &f.header_groups, &join(&info.groups));
-            set(&mut r, &f.header_labels, &join(&info.labels));
-            for (name, value) in extra {
-                set(&mut r, &name, &value);
-            }
-            r
+            allowed(
+                f,
+                &policy,
+                &info.user,
+                &join(&info.groups),
+                &join(&info.labels),
+                extra,
+            )
         }
     }
 }

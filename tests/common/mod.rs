@@ -2,6 +2,7 @@
 //! certificates, and the local users `scripts/prepare-env` creates.
 #![allow(dead_code)]
 
+pub mod caddy;
 pub mod echo;
 pub mod idp;
 pub mod krb;
