@@ -84,10 +84,13 @@ impl Cidr {
     }
 }
 
-/// IdP tokens already checked: SHA-256 → (identity, until).
+/// An identity a token proved, and until when it may be believed.
+type Checked = (std::sync::Arc<SessionInfo>, SystemTime);
+
+/// IdP tokens already checked, by SHA-256.
 #[derive(Default)]
 pub struct BearerCache {
-    entries: Mutex<HashMap<[u8; 32], (std::sync::Arc<SessionInfo>, SystemTime)>>,
+    entries: Mutex<HashMap<[u8; 32], Checked>>,
 }
 
 impl BearerCache {
