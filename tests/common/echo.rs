@@ -40,10 +40,12 @@ impl Echo {
             .stdin(Stdio::null())
             .spawn()
             .expect("python3");
+        // Owned at once, so a failure below still stops it (Drop).
+        let echo = Echo { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Echo { child, port };
+                return echo;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
