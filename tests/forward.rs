@@ -348,3 +348,62 @@ async fn caddy_forward_auth_enforces_the_rules_and_owns_the_identity_headers() {
     assert_eq!(status, 403);
     assert_eq!(echo, Value::Null);
 }
+
+#[tokio::test]
+async fn every_key_can_come_from_the_environment() {
+    let dir = tempdir();
+    let d = Daemon::start_with_env(
+        dir.path(),
+        &[],
+        &[
+            ("PORTCULLIS_FORWARD__PUBLIC_URIS", "/open/.*:GET"),
+            ("PORTCULLIS_FORWARD__HEADER_USER", "arlas-user"),
+        ],
+    );
+    let r = d
+        .client(None)
+        .request(
+            hyper::Method::GET,
+            "/v1/authorize",
+            &[
+                ("x-forwarded-uri", "/open/doc"),
+                ("x-forwarded-method", "GET"),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.get("arlas-user").unwrap(), "anonymous");
+
+    let out = Command::new(BIN)
+        .args(["check-config", "--dev"])
+        .env("PORTCULLIS_SECURITY__SESION_TTL", "60")
+        .env("PORTCULLIS_SECURITY__MAX_SESSIONS", "lots")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PORTCULLIS_SECURITY__SESION_TTL: unknown key"),
+        "{err}"
+    );
+    assert!(
+        err.contains("did you mean \"security.session_ttl\""),
+        "{err}"
+    );
+    assert!(err.contains("PORTCULLIS_SECURITY__MAX_SESSIONS:"), "{err}");
+    let ok = Command::new(BIN)
+        .args(["check-config", "--dev"])
+        .env("PORTCULLIS_SECURITY__SESSION_TTL", "77")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("\"session_ttl\": 77"));
+}

@@ -100,11 +100,22 @@ pub fn load(sources: &[Source], dev: bool) -> Result<Loaded, ConfigErrors> {
 pub fn load_in(sources: &[Source], dev: bool, env: &Env) -> Result<Loaded, ConfigErrors> {
     let mut errors = Vec::new();
     let mut merged: BTreeMap<String, Value> = BTreeMap::new();
-    for source in sources {
+    // The environment comes after the files and before the -D that follow them.
+    let env_at = sources
+        .iter()
+        .rposition(|s| matches!(s, Source::File(_)))
+        .map_or(0, |i| i + 1);
+    for (i, source) in sources.iter().enumerate() {
+        if i == env_at {
+            merge_env(&env.config_vars, &mut merged, &mut errors);
+        }
         match source {
             Source::File(path) => merge_file(path, &mut merged, &mut errors),
             Source::Define(def) => merge_define(def, &mut merged, &mut errors),
         }
+    }
+    if env_at == sources.len() {
+        merge_env(&env.config_vars, &mut merged, &mut errors);
     }
     let mut effective: BTreeMap<String, Value> = KEYS
         .iter()
@@ -207,13 +218,50 @@ fn merge_file(path: &Path, out: &mut BTreeMap<String, Value>, errors: &mut Vec<S
     }
 }
 
+/// Environment variables that set keys: `PORTCULLIS_SECURITY__SESSION_TTL=60`.
+pub const ENV_PREFIX: &str = "PORTCULLIS_";
+
+/// `PORTCULLIS_A__B__C` → `a.b.c`.
+fn env_key(var: &str) -> Option<String> {
+    let rest = var.strip_prefix(ENV_PREFIX)?;
+    let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    (parts.len() >= 2 && parts.iter().all(|p| !p.is_empty())).then(|| parts.join("."))
+}
+
+fn merge_env(
+    vars: &[(String, String)],
+    out: &mut BTreeMap<String, Value>,
+    errors: &mut Vec<String>,
+) {
+    for (var, raw) in vars {
+        let Some(name) = env_key(var) else {
+            errors.push(format!(
+                "{var}: not a configuration variable (PORTCULLIS_<SECTION>__<KEY>, e.g. PORTCULLIS_SECURITY__SESSION_TTL)"
+            ));
+            continue;
+        };
+        merge_value(var, &name, raw, out, errors);
+    }
+}
+
 fn merge_define(def: &str, out: &mut BTreeMap<String, Value>, errors: &mut Vec<String>) {
     let origin = format!("-D {def}");
     let Some((name, raw)) = def.split_once('=') else {
         errors.push(format!("{origin}: expected key=value"));
         return;
     };
-    let name = name.trim();
+    merge_value(&origin, name.trim(), raw, out, errors);
+}
+
+/// One `key=value` of `-D` or the environment, named by `origin` in errors.
+fn merge_value(
+    origin: &str,
+    name: &str,
+    raw: &str,
+    out: &mut BTreeMap<String, Value>,
+    errors: &mut Vec<String>,
+) {
+    let origin = origin.to_string();
     let Some(k) = keys::lookup(name) else {
         errors.push(unknown_key(&origin, name));
         return;
@@ -446,6 +494,46 @@ mod tests {
     }
 
     #[test]
+    fn the_environment_sits_between_the_files_and_the_defines() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(dir.path(), "a.json", BASE);
+        let b = write(
+            dir.path(),
+            "b.json",
+            r#"{"security":{"session_ttl":20,"max_sessions":7}}"#,
+        );
+        let mut env = fixed_env();
+        env.config_vars = vec![
+            ("PORTCULLIS_SECURITY__MAX_SESSIONS".into(), "9".into()),
+            ("PORTCULLIS_SECURITY__SESSION_TTL".into(), "60".into()),
+            (
+                "PORTCULLIS_FORWARD__PUBLIC_URIS".into(),
+                "/a:GET,/b:*".into(),
+            ),
+            ("PORTCULLIS_SECURITY__OIDC__SCOPES".into(), "openid".into()),
+        ];
+        let l = load_in(&[a.clone(), b, d("security.session_ttl=5")], false, &env).unwrap();
+        assert_eq!(l.config.security.session_ttl, 5, "-D wins");
+        assert_eq!(
+            l.config.security.max_sessions, 9,
+            "the environment beats the file"
+        );
+        assert_eq!(l.config.forward.public_uris, ["/a:GET", "/b:*"]);
+        assert_eq!(l.config.security.oidc.scopes, "openid");
+
+        env.config_vars = vec![
+            ("PORTCULLIS_SECURITY__SESION_TTL".into(), "60".into()),
+            ("PORTCULLIS_SECURITY__MAX_SESSIONS".into(), "many".into()),
+        ];
+        let e = load_in(&[a], false, &env).unwrap_err().to_string();
+        assert!(
+            e.contains("PORTCULLIS_SECURITY__SESION_TTL: unknown key \"security.sesion_ttl\" (did you mean \"security.session_ttl\"?)"),
+            "{e}"
+        );
+        assert!(e.contains("PORTCULLIS_SECURITY__MAX_SESSIONS:"), "{e}");
+    }
+
+    #[test]
     fn last_value_wins_left_to_right() {
         let dir = tempfile::tempdir().unwrap();
         let a = write(dir.path(), "a.json", BASE);
@@ -605,6 +693,7 @@ mod tests {
             krb5_ktname: Some("FILE:/k.keytab".into()),
             default_realm: || Some("EXAMPLE.COM".into()),
             pam_service_installed: |s| s == "portcullis",
+            config_vars: Vec::new(),
         }
     }
 

@@ -27,6 +27,8 @@ pub struct Env {
     pub default_realm: fn() -> Option<String>,
     /// Whether PAM has a configuration for a service name.
     pub pam_service_installed: fn(&str) -> bool,
+    /// `PORTCULLIS_<SECTION>__<KEY>` variables (SPEC §12), sorted by name.
+    pub config_vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -42,6 +44,13 @@ impl Env {
             krb5_ktname: std::env::var("KRB5_KTNAME").ok(),
             default_realm: crate::auth::kerberos::default_realm,
             pam_service_installed,
+            config_vars: {
+                let mut v: Vec<(String, String)> = std::env::vars()
+                    .filter(|(k, _)| k.starts_with(super::ENV_PREFIX) && k.contains("__"))
+                    .collect();
+                v.sort();
+                v
+            },
         }
     }
 }
