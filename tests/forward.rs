@@ -407,3 +407,39 @@ async fn every_key_can_come_from_the_environment() {
     );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("\"session_ttl\": 77"));
 }
+
+#[tokio::test]
+async fn rules_are_reloaded_on_sighup_and_a_broken_file_keeps_the_old_ones() {
+    let dir = tempdir();
+    let d = daemon(dir.path(), &[]);
+    let bob = format!("Bearer {}", d.cert_session("pcbob").await);
+    let ask = |method: &'static str| {
+        let c = d.client(None);
+        let bob = bob.clone();
+        async move {
+            c.request(
+                hyper::Method::GET,
+                "/v1/authorize",
+                &[
+                    ("authorization", bob.as_str()),
+                    ("x-forwarded-uri", "/api/x"),
+                    ("x-forwarded-method", method),
+                ],
+                None,
+            )
+            .await
+            .unwrap()
+            .status
+        }
+    };
+    assert_eq!(ask("POST").await, 403);
+    std::fs::write(dir.path().join("rules"), "pcanalysts: r:/api/.*:GET,POST\n").unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for_log(&d, "reloaded the forward rules").await;
+    assert_eq!(ask("POST").await, 200);
+    std::fs::write(dir.path().join("rules"), "pcanalysts: r:/(:GET\n").unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for_log(&d, "forward rules reload failed").await;
+    assert!(d.log().contains("rules:1: bad regex"), "{}", d.log());
+    assert_eq!(ask("POST").await, 200, "the previous rules are kept");
+}

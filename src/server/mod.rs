@@ -412,6 +412,7 @@ fn reload(state: &AppState) {
     match load_forward(&state.config) {
         Ok(p) => {
             state.forward.store(Arc::new(p));
+            tracing::info!("reloaded the forward rules");
             detail.push("forward rules reloaded".to_string());
         }
         Err(e) => {
