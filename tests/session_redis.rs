@@ -110,6 +110,18 @@ async fn redis_down_or_hung_is_503_for_logins_and_checks_and_recovers_without_a_
     assert_eq!(r.json()["error"], "dependency_unavailable");
     let r = delete_session(&d.client(None), &token).await;
     assert_eq!(r.status, 503, "a logout that cannot be stored is not a 204");
+    let cookie = format!("portcullis_session={token}");
+    let r = d
+        .client(None)
+        .request(
+            hyper::Method::GET,
+            "/v1/authorize",
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "the policy front cannot decide either");
 
     redis.resume();
     until_status(&d, &token, 200, Duration::from_secs(5)).await;
