@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod browser;
 pub mod credentials;
 pub mod listener;
 pub mod routes;
@@ -76,6 +77,8 @@ pub struct AppState {
     pub last_reload: Mutex<Option<ReloadRecord>>,
     /// The daemon's own JWTs: JWT sessions, service tokens, the published keys.
     pub tokens: Arc<TokenIssuer>,
+    /// The browser login (SPEC §12): sign-ins in progress at the IdP.
+    pub browser: browser::Browser,
 }
 
 #[derive(Debug, Clone)]
@@ -252,7 +255,9 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
     if config.security.session_format == SessionFormat::Jwt {
         pipeline.jwt_sessions = Some(tokens.clone());
     }
+    let browser = browser::Browser::new(&config).map_err(StartError::Config)?;
     Ok(AppState {
+        browser,
         login_challenges: routes::login_challenges(pipeline.enabled()),
         config: Arc::new(config),
         pipeline,
