@@ -33,7 +33,7 @@ pub fn page(title: &str, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<meta name=\"referrer\" content=\"no-referrer\">\
+<meta name=\"referrer\" content=\"same-origin\">\
 <title>{t} · portcullis</title><style>{STYLE}</style></head>\
 <body><main>\n<h1>{t}</h1>\n{body}\n</main></body></html>\n",
         t = esc(title)
