@@ -45,6 +45,12 @@ fn free_port() -> u16 {
 impl Browser {
     /// chromedriver + headless Chromium trusting the certificates in `trusted` (PEM).
     pub async fn start(trusted: &[&Path]) -> Browser {
+        Self::start_with(trusted, &[], &[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium flags and environment variables for
+    /// chromedriver and Chromium (e.g. `KRB5CCNAME` for SPNEGO).
+    pub async fn start_with(trusted: &[&Path], flags: &[&str], env: &[(&str, &str)]) -> Browser {
         for bin in ["chromium", "chromedriver"] {
             assert!(
                 Command::new("sh")
@@ -59,6 +65,7 @@ impl Browser {
         let port = free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -82,7 +89,7 @@ impl Browser {
         }
         let profile = tempfile::tempdir().unwrap();
         let spki: Vec<String> = trusted.iter().map(|p| spki_hash(p)).collect();
-        let args = vec![
+        let mut args = vec![
             "--headless=new".to_string(),
             "--no-sandbox".into(),
             "--disable-gpu".into(),
@@ -93,6 +100,7 @@ impl Browser {
             format!("--user-data-dir={}", profile.path().display()),
             format!("--ignore-certificate-errors-spki-list={}", spki.join(",")),
         ];
+        args.extend(flags.iter().map(|f| f.to_string()));
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args},
