@@ -674,3 +674,69 @@ async fn kerberos_signs_in_through_spnego_without_the_form() {
     assert_eq!(r.json()["user"], "pcalice");
     assert_eq!(r.json()["mechanism"], "kerberos");
 }
+
+/// Put pcgina back to "must change password" with her fixture password (as
+/// tests/xgt.rs does; test binaries run one after another).
+fn reset_gina() {
+    use std::io::Write;
+    let mut child = std::process::Command::new("chpasswd")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "pcgina:gina-Secret-9").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        std::process::Command::new("chage")
+            .args(["-d", "0", "pcgina"])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn an_expired_password_is_changed_on_the_next_pages_in_chromium() {
+    reset_gina();
+    let dir = tempdir();
+    let d = Daemon::start(dir.path(), &["security.pam_service=portcullis-test-chpw"]);
+    let b = Browser::start(&[&dir.path().join("server.pem")]).await;
+    b.goto(&format!("{}/login?rd=/healthz", d.url)).await;
+    b.type_into("#username", "pcgina").await;
+    b.type_into("#password", "gina-Secret-9").await;
+    b.click("#sign-in").await;
+
+    // "New password:" as a password field; pam_pwquality's refusal of a short one is
+    // shown as an error on the next page, before the prompt again.
+    b.find("input#answer0[type=password]").await;
+    assert!(
+        b.source().await.contains("New password"),
+        "{}",
+        b.source().await
+    );
+    b.type_into("#answer0", "short").await;
+    b.click("#continue").await;
+    b.find("p.error").await;
+    b.find("input#answer0[type=password]").await;
+
+    // A good one, then its retype.
+    let new = "Gina-browser-Passphrase-2026";
+    let home = format!("{}/healthz", d.url);
+    for step in 0.. {
+        assert!(step < 3, "more than new + retype:\n{}", b.source().await);
+        b.type_into("#answer0", new).await;
+        b.click("#continue").await;
+        b.wait_url("the next page", |u| u == home || u.ends_with("/login"))
+            .await;
+        if b.url().await == home {
+            break;
+        }
+        b.find("input#answer0[type=password]").await;
+    }
+    let token = session_cookie(&b).await;
+    let r = get_session(&d.client(None), &token).await;
+    assert_eq!((r.status, r.json()["user"].clone()), (200, "pcgina".into()));
+    // The new password is the one that works now.
+    let c = d.client(None);
+    assert_eq!(common::password(&c, "pcgina", new).await.status, 200);
+    reset_gina();
+}
