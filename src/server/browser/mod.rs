@@ -58,6 +58,17 @@ pub struct Browser {
 
 impl Browser {
     pub fn new(config: &Config) -> Result<Browser, String> {
+        if let Some(d) = &config.forward.cookie_domain
+            && (d.is_empty()
+                || !d
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+        {
+            return Err(format!(
+                "\"forward.cookie_domain\": \"{}\" is not a domain name (e.g. example.com)",
+                crate::logsafe::clean(d)
+            ));
+        }
         let oidc = if config.security.mechanisms.contains(&Mechanism::Oidc) {
             oidc::Flow::new(&config.security.oidc)?
         } else {
