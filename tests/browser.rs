@@ -740,3 +740,64 @@ async fn an_expired_password_is_changed_on_the_next_pages_in_chromium() {
     assert_eq!(common::password(&c, "pcgina", new).await.status, 200);
     reset_gina();
 }
+
+#[tokio::test]
+async fn with_jwt_sessions_the_cookie_holds_the_jwt_and_logout_revokes_it() {
+    let dir = tempdir();
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            "security.session_format=jwt",
+            "forward.cookie_domain=localhost",
+        ],
+    );
+    let h = http(&d);
+    let t = csrf(&h, &d).await;
+    let a = login(&h, &d, &t, "/").await;
+    assert_eq!(a.status, 303);
+    let c = a
+        .cookies
+        .iter()
+        .find(|c| c.starts_with("portcullis_session="))
+        .unwrap();
+    assert!(c.contains("; Domain=localhost"), "{c}");
+    let token = c["portcullis_session=".len()..].split(';').next().unwrap();
+    assert_eq!(token.matches('.').count(), 2, "a JWT: {token}");
+    let r = get_session(&d.client(None), token).await;
+    assert_eq!(
+        (r.status, r.json()["user"].clone()),
+        (200, "pcalice".into())
+    );
+    // The logout page names the user; the POST revokes the session the JWT names.
+    let cookie = format!("__Host-portcullis_csrf={t}; portcullis_session={token}");
+    let page = h
+        .get(format!("{}/logout", d.url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Signed in as <strong>pcalice</strong>"),
+        "{page}"
+    );
+    let a = answer(
+        h.post(format!("{}/logout", d.url))
+            .header("cookie", &cookie)
+            .form(&[("csrf", t.as_str())])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert!(
+        a.cookies
+            .iter()
+            .any(|c| c.contains("Max-Age=0") && c.contains("Domain=localhost"))
+    );
+    assert_eq!(get_session(&d.client(None), token).await.status, 401);
+    assert!(d.log().contains("event=\"logout\""), "{}", d.log());
+}

@@ -454,3 +454,72 @@ pub async fn callback(state: &AppState, conn: &ConnInfo, req: Request<Incoming>)
     let result = tarpit(state.pipeline.login(Some(credentials), &ctx).await).await;
     login_outcome(state, &parts.headers, &pending.rd, "", result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow() -> Flow {
+        Flow::new(&Settings {
+            issuer: Some("https://idp.example.com".into()),
+            client_id: Some("web".into()),
+            client_secret: Some(Zeroizing::new("s".into())),
+            scopes: "profile".into(),
+            jwks_refetch_interval: 60,
+            ..Settings::default()
+        })
+        .unwrap()
+        .unwrap()
+    }
+
+    fn pending() -> Pending {
+        Pending {
+            binding: [0; 32],
+            verifier: Zeroizing::new("v".into()),
+            nonce: "n".into(),
+            rd: "/".into(),
+            redirect_uri: "https://x/v1/oidc/callback".into(),
+            expires: Instant::now() + PENDING_TTL,
+        }
+    }
+
+    #[test]
+    fn only_a_complete_confidential_client_enables_the_flow() {
+        let f = flow();
+        assert_eq!(f.scopes, "openid profile");
+        assert_eq!(
+            (f.name.as_str(), f.origin.as_str()),
+            ("idp.example.com", "https://idp.example.com")
+        );
+        let no_secret = Settings {
+            issuer: Some("https://idp.example.com".into()),
+            client_id: Some("web".into()),
+            ..Settings::default()
+        };
+        assert!(Flow::new(&no_secret).unwrap().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_state_works_once_and_expires() {
+        let f = flow();
+        assert!(f.remember("a".into(), pending()));
+        assert!(f.take("a").is_some());
+        assert!(f.take("a").is_none());
+        assert!(f.remember("b".into(), pending()));
+        tokio::time::advance(PENDING_TTL + Duration::from_secs(1)).await;
+        assert!(f.take("b").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sign_ins_in_progress_are_bounded() {
+        let f = flow();
+        for i in 0..PENDING_MAX {
+            assert!(f.remember(i.to_string(), pending()));
+        }
+        assert!(!f.remember("one more".into(), pending()));
+        // Expired ones make room.
+        tokio::time::advance(PENDING_TTL + Duration::from_secs(1)).await;
+        assert!(f.remember("one more".into(), pending()));
+        assert_eq!(f.lock().len(), 1);
+    }
+}
