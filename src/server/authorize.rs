@@ -17,10 +17,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use sha2::{Digest, Sha256};
 
+use super::browser::{SESSION_COOKIE, cookie};
 use super::routes::Body;
 use super::{AppState, ConnInfo};
 use crate::auth::{LoginContext, Secret};
@@ -176,18 +177,6 @@ fn original(req: &Request<hyper::body::Incoming>, trusted: bool) -> Original {
     own()
 }
 
-/// The session token of the `portcullis_session` cookie.
-pub fn session_cookie(h: &HeaderMap) -> Option<String> {
-    h.get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == "portcullis_session")
-        .map(|(_, v)| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-}
-
 enum Who {
     Known(std::sync::Arc<SessionInfo>),
     Nobody,
@@ -237,7 +226,7 @@ async fn identity(state: &AppState, conn: &ConnInfo, h: &HeaderMap) -> Who {
             .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim().to_string())
     });
-    let presented = match (bearer, session_cookie(h)) {
+    let presented = match (bearer, cookie(h, SESSION_COOKIE)) {
         (Some(t), _) | (None, Some(t)) => t,
         (None, None) => return Who::Nobody,
     };
@@ -445,19 +434,6 @@ mod tests {
         );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nope").is_err());
-    }
-
-    #[test]
-    fn the_session_cookie_is_found_among_others() {
-        let mut h = HeaderMap::new();
-        h.append(
-            header::COOKIE,
-            "a=1; portcullis_session=pcs_x; b=2".parse().unwrap(),
-        );
-        assert_eq!(session_cookie(&h).as_deref(), Some("pcs_x"));
-        let mut h = HeaderMap::new();
-        h.append(header::COOKIE, "xportcullis_session=1".parse().unwrap());
-        assert_eq!(session_cookie(&h), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod authorize;
 pub mod body;
+pub mod browser;
 pub mod credentials;
 pub mod listener;
 pub mod routes;
@@ -84,6 +85,8 @@ pub struct AppState {
     pub trusted_proxies: Vec<authorize::Cidr>,
     /// IdP tokens `/v1/authorize` already checked.
     pub bearer_cache: authorize::BearerCache,
+    /// The browser login (SPEC §12): sign-ins in progress at the IdP.
+    pub browser: browser::Browser,
 }
 
 #[derive(Debug, Clone)]
@@ -276,7 +279,9 @@ pub fn build_state(config: Config) -> Result<AppState, StartError> {
     if config.security.session_format == SessionFormat::Jwt {
         pipeline.jwt_sessions = Some(tokens.clone());
     }
+    let browser = browser::Browser::new(&config).map_err(StartError::Config)?;
     Ok(AppState {
+        browser,
         login_challenges: routes::login_challenges(pipeline.enabled()),
         config: Arc::new(config),
         pipeline,

@@ -69,6 +69,9 @@ pub async fn handle(
         ("/v1/session", _) => Err(ApiError::MethodNotAllowed {
             allow: "GET, DELETE",
         }),
+        ("/login" | "/login/oidc" | "/logout" | "/v1/oidc/callback", _) => {
+            Ok(super::browser::handle(&state, &conn, req).await)
+        }
         (p, &Method::POST) if p.starts_with("/v1/login/") => {
             let id = p["/v1/login/".len()..].to_string();
             login_continue(&state, &conn, req, id).await

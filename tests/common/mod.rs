@@ -8,6 +8,7 @@ pub mod idp;
 pub mod krb;
 pub mod nginx;
 pub mod redis;
+pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -19,13 +19,16 @@
 //   /token/introspection               RFC 7662 (client_secret_basic)
 //   /token/revocation                  RFC 7009
 //   /me                                userinfo (opaque tokens without an audience only)
-//   /auth                              authorization endpoint (advertised; no login UI is driven by the tests)
+//   /auth                              authorization endpoint; devInteractions: any login/password, then consent
+//                                      (driven by tests/browser.rs in Chromium)
 //
 // Clients:
 //   portcullis-cli         public (auth method none), authorization_code + refresh_token, PKCE,
 //                          redirect http://127.0.0.1:8765/callback (native: any loopback port)
 //   portcullis-svc         secret "svc-secret", client_credentials, resource https://portcullis.test
 //   portcullis-introspect  secret "introspect-secret", for introspection
+//   portcullis-web         secret "web-secret", authorization_code + PKCE (client_secret_basic),
+//                          redirect https://127.0.0.1:<any port>/v1/oidc/callback (the browser login)
 //
 // Resource servers (resourceIndicators): https://portcullis.test and https://other.test,
 // both JWT access tokens (RS256), TTL 300 s, scope "openid profile groups".
@@ -231,6 +234,8 @@ async function extraTokenClaims(_ctx, token) {
 
 // ---------------------------------------------------------------- clients, resources
 
+const BROWSER_CALLBACK = 'https://127.0.0.1/v1/oidc/callback';
+
 const CLIENTS = [
   {
     client_id: 'portcullis-cli',
@@ -247,6 +252,17 @@ const CLIENTS = [
     grant_types: ['client_credentials'],
     response_types: [],
     redirect_uris: [],
+  },
+  {
+    // The daemon's browser login (SPEC §12): a confidential web client. Its
+    // redirect URI is the daemon's /v1/oidc/callback on any loopback port (see
+    // allowBrowserCallback).
+    client_id: 'portcullis-web',
+    client_secret: 'web-secret',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    redirect_uris: [BROWSER_CALLBACK],
   },
   {
     client_id: 'portcullis-introspect',
@@ -356,8 +372,30 @@ function makeProvider(issuer, keys) {
       Interaction: 3600,
     },
   });
+  allowBrowserCallback(provider);
   provider.on('server_error', (_ctx, err) => log('server_error:', err?.stack ?? err));
   return { provider, handler: provider.callback(), keys };
+}
+
+// The tests' daemons listen on kernel-chosen ports, so portcullis-web may use
+// https://127.0.0.1:<any port>/v1/oidc/callback (oidc-provider allows any loopback
+// port only for native clients over http).
+function allowBrowserCallback(provider) {
+  const allowed = provider.Client.prototype.redirectUriAllowed;
+  // eslint-disable-next-line no-param-reassign
+  provider.Client.prototype.redirectUriAllowed = function redirectUriAllowed(value) {
+    if (this.clientId === 'portcullis-web') {
+      try {
+        const u = new URL(value);
+        return u.protocol === 'https:' && u.hostname === '127.0.0.1' && u.port !== ''
+          && u.pathname === '/v1/oidc/callback' && u.search === '' && u.hash === ''
+          && u.username === '' && u.password === '';
+      } catch {
+        return false;
+      }
+    }
+    return allowed.call(this, value);
+  };
 }
 
 // The provider that answers requests now; replaced as a whole by /test/rotate.
