@@ -18,6 +18,21 @@ pub fn login(peer: SocketAddr, mechanism: &str, user: Option<&str>, result: &str
     );
 }
 
+/// A successful login whose account NSS knows under another name than the one the
+/// client gave (`ALICE`, `alice@example.test` → `alice`, SPEC §13): both are logged.
+pub fn login_as(peer: SocketAddr, mechanism: &str, given: &str, user: &str, reason: &str) {
+    tracing::info!(
+        target: TARGET,
+        event = "login",
+        peer = %peer,
+        mechanism,
+        given = crate::logsafe::clean(given).as_str(),
+        user,
+        result = "success",
+        reason,
+    );
+}
+
 /// A login whose bearer token was checked by the trusted issuer `issuer`
 /// (`security.issuers.<issuer>`): [`login`] with the issuer named.
 pub fn issuer_login(

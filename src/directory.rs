@@ -35,15 +35,26 @@ pub enum DirectoryError {
 pub struct Directory {
     pool: BlockingPool,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Instant, Arc<Account>)>>,
+    /// Accounts by their own name (`pw_name`), so `ALICE` and `alice` share one entry.
+    cache: Mutex<Cache>,
 }
+
+#[derive(Default)]
+struct Cache {
+    accounts: HashMap<Arc<str>, (Instant, Arc<Account>)>,
+    /// A name a client gave → the account's own name, when they differ.
+    aliases: HashMap<String, Arc<str>>,
+}
+
+/// Names remembered as aliases at most (case and domain variants).
+const ALIASES_MAX: usize = 65_536;
 
 impl Directory {
     pub fn new(pool: BlockingPool, ttl: Duration) -> Self {
         Directory {
             pool,
             ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache::default()),
         }
     }
 
@@ -64,7 +75,8 @@ impl Directory {
     ) -> Result<Arc<Account>, DirectoryError> {
         if use_cache && !self.ttl.is_zero() {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((at, acct)) = cache.get(user)
+            let own = cache.aliases.get(user).map_or(user, |n| n.as_ref());
+            if let Some((at, acct)) = cache.accounts.get(own)
                 && at.elapsed() < self.ttl
             {
                 return Ok(acct.clone());
@@ -84,11 +96,20 @@ impl Directory {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             // Bound the cache by dropping stale entries when it grows; cheap because it
             // only happens once per doubling.
-            if cache.len() >= 4096 && cache.len().is_power_of_two() {
+            let n = cache.accounts.len();
+            if n >= 4096 && n.is_power_of_two() {
                 let ttl = self.ttl;
-                cache.retain(|_, (at, _)| at.elapsed() < ttl);
+                cache.accounts.retain(|_, (at, _)| at.elapsed() < ttl);
             }
-            cache.insert(user.to_string(), (Instant::now(), acct.clone()));
+            if cache.aliases.len() >= ALIASES_MAX {
+                cache.aliases.clear();
+            }
+            if *acct.name != *user {
+                cache.aliases.insert(user.to_string(), acct.name.clone());
+            }
+            cache
+                .accounts
+                .insert(acct.name.clone(), (Instant::now(), acct.clone()));
         }
         Ok(acct)
     }
@@ -102,7 +123,9 @@ pub fn resolve(user: &str) -> Result<Account, DirectoryError> {
         Ok(None) => return Err(DirectoryError::NoSuchUser),
         Err(e) => return Err(DirectoryError::Unavailable(format!("getpwnam: {e}"))),
     };
-    let gids = nix::unistd::getgrouplist(&cname, pw.gid)
+    // The account's own name: a directory may have matched `ALICE` or `alice@domain`.
+    let canonical = CString::new(pw.name.as_str()).unwrap_or(cname);
+    let gids = nix::unistd::getgrouplist(&canonical, pw.gid)
         .map_err(|e| DirectoryError::Unavailable(format!("getgrouplist: {e}")))?;
     let mut names: Vec<Arc<str>> = Vec::with_capacity(gids.len());
     // getgrouplist puts the primary group first; keep that order for readability.

@@ -112,8 +112,22 @@ impl Pipeline {
             _ => None,
         };
         let span = tracing::info_span!("login", mechanism, peer = %ctx.peer);
-        let (result, user) = self.run(credentials, ctx).instrument(span).await;
-        let user = user.or(claimed);
+        let (result, given) = self.run(credentials, ctx).instrument(span).await;
+        // The account's own name (NSS's pw_name) once the login succeeded.
+        let canonical = match &result {
+            Ok(LoginResult::Session { session, .. }) => Some(session.info.user.to_string()),
+            _ => None,
+        };
+        let given = given.or(claimed);
+        if let (Some(given), Some(user), None) = (&given, &canonical, ctx.issuer.get())
+            && given != user
+        {
+            audit::login_as(ctx.peer, mechanism, given, user, "ok");
+            self.metrics
+                .login(mechanism, "success", started.elapsed().as_secs_f64());
+            return result;
+        }
+        let user = canonical.or(given);
         let (outcome, reason) = match &result {
             Ok(LoginResult::Session { .. }) => ("success", "ok"),
             Ok(LoginResult::Challenge(_)) => ("challenge", "more_input_needed"),
@@ -230,10 +244,16 @@ impl Pipeline {
         identity: Identity,
         ctx: &LoginContext,
     ) -> Result<Arc<SessionInfo>, AuthError> {
+        // The session's user is the account's own name when NSS knows it (SPEC §13):
+        // `ALICE` and `alice@example.test` are `alice` wherever SSSD says so.
+        let mut user: Arc<str> = Arc::from(identity.user.as_str());
         let groups: Arc<[Arc<str>]> = match identity.groups {
             Some(gs) => gs.iter().map(|g| Arc::from(g.as_str())).collect(),
             None => match self.directory.lookup(&identity.user).await {
-                Ok(acct) => acct.groups.clone(),
+                Ok(acct) => {
+                    user = acct.name.clone();
+                    acct.groups.clone()
+                }
                 Err(DirectoryError::NoSuchUser)
                     if identity.mechanism == Mechanism::Password
                         && !self.policy.require_local_account =>
@@ -262,7 +282,7 @@ impl Pipeline {
         };
         let labels: Arc<[Arc<str>]> = self.labels.load().labels_for(&groups).into();
         Ok(Arc::new(SessionInfo {
-            user: Arc::from(identity.user.as_str()),
+            user,
             mechanism: identity.mechanism,
             groups,
             labels,
