@@ -188,3 +188,41 @@ async fn a_directory_that_is_down_is_503_never_401_and_logins_come_back() {
     }
     eprintln!("logins back {:?} after slapd started", started.elapsed());
 }
+
+#[tokio::test]
+async fn a_kerberos_principal_and_a_fully_qualified_name_map_to_the_ldap_account() {
+    let _turn = DIRECTORY.lock().await;
+    // A principal in capitals for the LDAP-only user, in the test KDC.
+    let out = Command::new("/usr/sbin/kadmin.local")
+        .args([
+            "-r",
+            "PORTCULLIS.TEST",
+            "-q",
+            "addprinc -pw Krb-Secret-77 PCLDAP",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempdir();
+    std::fs::write(dir.path().join("gl.csv"), "ldapops,banana\n").unwrap();
+    let gl = format!(
+        "security.grouplabelfile={}",
+        dir.path().join("gl.csv").display()
+    );
+    let d = common::krb::start(dir.path(), &[&gl]);
+    let cache = common::krb::kinit(dir.path(), "PCLDAP@PORTCULLIS.TEST", "Krb-Secret-77");
+    let (body, log) = common::krb::curl_negotiate(&d, &cache);
+    assert_eq!(body["user"], "pcldap", "{body} {log}");
+    assert_eq!(strings(&body["labels"]), ["banana"]);
+
+    // SSSD's second domain answers fully qualified names as they are.
+    let fq = tempdir();
+    let d = daemon(fq.path(), &[]);
+    let r = password(&d.client(None), "pcldap@fq.example.test", PASSWORD).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["user"], "pcldap@fq.example.test");
+}
