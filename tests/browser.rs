@@ -801,3 +801,88 @@ async fn with_jwt_sessions_the_cookie_holds_the_jwt_and_logout_revokes_it() {
     assert_eq!(get_session(&d.client(None), token).await.status, 401);
     assert!(d.log().contains("event=\"logout\""), "{}", d.log());
 }
+
+/// The issue's user-visible flow end to end: an app behind nginx (the README's
+/// `auth_request` site, over TLS), a browser sent to the login page and back, the
+/// backend seeing the identity headers.
+#[tokio::test]
+async fn a_browser_is_sent_from_the_app_to_the_login_page_and_back() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("rules"), "pcanalysts: r:/api/.*:GET\n").unwrap();
+    let rules = format!("forward.rules_file={}", dir.path().join("rules").display());
+    let app_port = common::nginx::free_port();
+    let allowed = format!("forward.allowed_redirect_hosts=127.0.0.1:{app_port}");
+    let d = Daemon::start(
+        dir.path(),
+        &["security.pam_service=portcullis-test", &allowed, &rules],
+    );
+    let backend = common::echo::Echo::start();
+    let (cert, key, ca) = (
+        dir.path().join("server.pem"),
+        dir.path().join("server.key"),
+        d.ca(),
+    );
+    let nginx = common::nginx::Nginx::start_on(
+        app_port,
+        &format!(
+            r#"events {{}}
+http {{
+  access_log off;
+  server {{
+    listen 127.0.0.1:{{port}} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location = /_portcullis {{
+      internal;
+      proxy_pass https://127.0.0.1:{dport}/v1/authorize;
+      proxy_ssl_trusted_certificate {ca};
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+    }}
+    location @unauthorized {{
+      if ($http_accept ~* "text/html") {{
+        return 302 https://127.0.0.1:{dport}/login?rd=$scheme://$http_host$request_uri;
+      }}
+      return 401;
+    }}
+    location / {{
+      auth_request /_portcullis;
+      error_page 401 = @unauthorized;
+      auth_request_set $pc_user $upstream_http_x_forwarded_user;
+      auth_request_set $pc_groups $upstream_http_x_forwarded_groups;
+      proxy_set_header X-Forwarded-User $pc_user;
+      proxy_set_header X-Forwarded-Groups $pc_groups;
+      proxy_pass http://127.0.0.1:{backend};
+    }}
+  }}
+}}"#,
+            cert = cert.display(),
+            key = key.display(),
+            ca = ca.display(),
+            dport = d.port,
+            backend = backend.port,
+        ),
+    );
+    let app = format!("https://127.0.0.1:{}/api/reports", nginx.port);
+    let b = Browser::start(&[&cert]).await;
+    b.goto(&app).await;
+    b.wait_url("the login page", |u| u.contains("/login?rd="))
+        .await;
+    b.type_into("#username", "pcalice").await;
+    b.type_into("#password", "alice-Secret-1").await;
+    b.click("#sign-in").await;
+    b.wait_url("back to the app", |u| u == app).await;
+    let page = b.source().await;
+    assert!(
+        page.contains(r#"["X-Forwarded-User", "pcalice"]"#),
+        "the backend saw the user: {page}"
+    );
+    assert!(
+        page.contains(r#"["X-Forwarded-Groups", "pcalice,pcanalysts,pcops"]"#),
+        "{page}"
+    );
+}

@@ -21,12 +21,13 @@ impl Nginx {
     /// `http`/`stream` blocks; the directives that keep nginx in this directory
     /// (pid, logs, temp paths) are added here.
     pub fn start(body: &str) -> Nginx {
+        Self::start_on(free_port(), body)
+    }
+
+    /// [`Nginx::start`] on a port chosen beforehand (when another server must
+    /// know it first, e.g. as an allowed redirect target).
+    pub fn start_on(port: u16, body: &str) -> Nginx {
         let dir = super::tempdir();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let d = dir.path();
         let user = if nix::unistd::Uid::effective().is_root() {
             "user root;\n"
@@ -79,6 +80,15 @@ impl Nginx {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
+}
+
+/// A port no one listens on now (the kernel's choice).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn which_nginx() -> PathBuf {
