@@ -230,13 +230,14 @@ async fn identity(state: &AppState, conn: &ConnInfo, h: &HeaderMap) -> Who {
         (Some(t), _) | (None, Some(t)) => t,
         (None, None) => return Who::Nobody,
     };
-    if let Some(who) = session_identity(state, &presented).await {
-        return who;
-    }
-    // An IdP's or trusted issuer's token, remembered by hash until it expires.
+    // An IdP's or trusted issuer's token checked before, remembered by hash until it
+    // expires (only those are ever remembered here, so a session token never hits).
     let key: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     if let Some(info) = state.bearer_cache.get(&key) {
         return Who::Known(info);
+    }
+    if let Some(who) = session_identity(state, &presented).await {
+        return who;
     }
     let ctx = LoginContext {
         peer: conn.peer,
