@@ -261,7 +261,14 @@ impl ClientCertVerifier for DeferredChain {
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    // AES-128-GCM first (the server's choice, see `ignore_client_order`): its SHA-256
+    // key schedule runs on the CPU's SHA extensions, while aws-lc's SHA-384 (for
+    // AES-256-GCM) does not — 9 % of a certificate login's CPU in a profile. Every
+    // TLS 1.3 suite is strong; the order only decides which one both sides offer.
+    p.cipher_suites
+        .sort_by_key(|s| !format!("{:?}", s.suite()).contains("AES_128_GCM"));
+    Arc::new(p)
 }
 
 fn read_certs(path: &Path, what: &str, errors: &mut Vec<String>) -> Vec<CertificateDer<'static>> {
@@ -452,6 +459,7 @@ pub fn load(ssl: &Ssl) -> Result<TlsSetup, TlsError> {
             )])
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
     dates.crl_next_update = crl_infos
         .iter()
         .map(|c| {
