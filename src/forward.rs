@@ -94,6 +94,9 @@ pub struct Policy {
     public: Vec<Resource>,
     /// Label or group name → its permissions.
     grants: HashMap<String, Grants>,
+    /// Every header name an `h:` permission sets (lower case, once each), made at
+    /// load time: each allowed request answers all of them.
+    header_names: Vec<String>,
 }
 
 /// What `/v1/authorize` answers for an identity.
@@ -123,6 +126,7 @@ impl Policy {
                     .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
             }
         }
+        policy.index_headers();
         Ok(policy)
     }
 
@@ -173,8 +177,7 @@ impl Policy {
         Ok(())
     }
 
-    /// Every header name an `h:` permission sets (lower case, once each).
-    pub fn header_names(&self) -> Vec<String> {
+    fn index_headers(&mut self) {
         let mut names: Vec<String> = self
             .grants
             .values()
@@ -182,7 +185,12 @@ impl Policy {
             .collect();
         names.sort();
         names.dedup();
-        names
+        self.header_names = names;
+    }
+
+    /// Every header name an `h:` permission sets (lower case, once each).
+    pub fn header_names(&self) -> &[String] {
+        &self.header_names
     }
 
     /// Whether `method path` needs no identity.
@@ -237,6 +245,7 @@ mod tests {
         for l in rules.lines() {
             p.add_line(l).unwrap();
         }
+        p.index_headers();
         p
     }
 

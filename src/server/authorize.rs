@@ -144,37 +144,27 @@ fn original(req: &Request<hyper::body::Incoming>, trusted: bool) -> Original {
     if !trusted {
         return own();
     }
-    if let Some(uri) = header(h, "x-original-uri") {
-        return Original {
-            method: header(h, "x-original-method")
-                .unwrap_or(req.method().as_str())
-                .to_string(),
-            uri: uri.to_string(),
-            host: header(h, "x-forwarded-host")
-                .or(header(h, "host"))
-                .map(str::to_string),
-            proto: header(h, "x-forwarded-proto")
-                .unwrap_or("https")
-                .to_string(),
-            nginx: true,
-        };
+    // nginx auth_request names the request X-Original-*; Traefik and Caddy X-Forwarded-*.
+    let (method_header, uri, nginx) = match header(h, "x-original-uri") {
+        Some(uri) => ("x-original-method", uri, true),
+        None => match header(h, "x-forwarded-uri") {
+            Some(uri) => ("x-forwarded-method", uri, false),
+            None => return own(),
+        },
+    };
+    Original {
+        method: header(h, method_header)
+            .unwrap_or(req.method().as_str())
+            .to_string(),
+        uri: uri.to_string(),
+        host: header(h, "x-forwarded-host")
+            .or(header(h, "host"))
+            .map(str::to_string),
+        proto: header(h, "x-forwarded-proto")
+            .unwrap_or("https")
+            .to_string(),
+        nginx,
     }
-    if let Some(uri) = header(h, "x-forwarded-uri") {
-        return Original {
-            method: header(h, "x-forwarded-method")
-                .unwrap_or(req.method().as_str())
-                .to_string(),
-            uri: uri.to_string(),
-            host: header(h, "x-forwarded-host")
-                .or(header(h, "host"))
-                .map(str::to_string),
-            proto: header(h, "x-forwarded-proto")
-                .unwrap_or("https")
-                .to_string(),
-            nginx: false,
-        };
-    }
-    own()
 }
 
 enum Who {
@@ -295,9 +285,9 @@ fn allowed(
     for name in policy.header_names() {
         let value = extra
             .iter()
-            .find(|(n, _)| *n == name)
+            .find(|(n, _)| n == name)
             .map_or("", |(_, v)| v.as_str());
-        set(&mut r, &name, value);
+        set(&mut r, name, value);
     }
     r
 }
