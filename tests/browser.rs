@@ -217,6 +217,19 @@ fn has_session_cookie(a: &Answer) -> bool {
         .any(|c| c.starts_with("portcullis_session=pcs_"))
 }
 
+/// `POST /logout` with the session cookie(s) in `cookie` and the CSRF token.
+async fn logout(h: &reqwest::Client, d: &Daemon, cookie: &str, csrf: &str) -> Answer {
+    answer(
+        h.post(format!("{}/logout", d.url))
+            .header("cookie", cookie)
+            .form(&[("csrf", csrf)])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
 async fn login(h: &reqwest::Client, d: &Daemon, csrf: &str, rd: &str) -> Answer {
     post_form(
         h,
@@ -361,15 +374,7 @@ async fn forms_without_the_csrf_token_or_from_elsewhere_do_nothing() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(get_session(&d.client(None), token).await.status, 200);
-    let a = answer(
-        h.post(format!("{}/logout", d.url))
-            .header("cookie", &cookie)
-            .form(&[("csrf", t.as_str())])
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let a = logout(&h, &d, &cookie, &t).await;
     assert_eq!(a.status, 200);
     assert!(
         a.cookies
@@ -783,15 +788,7 @@ async fn with_jwt_sessions_the_cookie_holds_the_jwt_and_logout_revokes_it() {
         page.contains("Signed in as <strong>pcalice</strong>"),
         "{page}"
     );
-    let a = answer(
-        h.post(format!("{}/logout", d.url))
-            .header("cookie", &cookie)
-            .form(&[("csrf", t.as_str())])
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let a = logout(&h, &d, &cookie, &t).await;
     assert_eq!(a.status, 200);
     assert!(
         a.cookies
@@ -810,7 +807,7 @@ async fn a_browser_is_sent_from_the_app_to_the_login_page_and_back() {
     let dir = tempdir();
     std::fs::write(dir.path().join("rules"), "pcanalysts: r:/api/.*:GET\n").unwrap();
     let rules = format!("forward.rules_file={}", dir.path().join("rules").display());
-    let app_port = common::nginx::free_port();
+    let app_port = common::free_port();
     let allowed = format!("forward.allowed_redirect_hosts=127.0.0.1:{app_port}");
     let d = Daemon::start(
         dir.path(),
@@ -824,47 +821,12 @@ async fn a_browser_is_sent_from_the_app_to_the_login_page_and_back() {
     );
     let nginx = common::nginx::Nginx::start_on(
         app_port,
-        &format!(
-            r#"events {{}}
-http {{
-  access_log off;
-  server {{
-    listen 127.0.0.1:{{port}} ssl;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    location = /_portcullis {{
-      internal;
-      proxy_pass https://127.0.0.1:{dport}/v1/authorize;
-      proxy_ssl_trusted_certificate {ca};
-      proxy_ssl_verify on;
-      proxy_ssl_name localhost;
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-URI $request_uri;
-      proxy_set_header X-Original-Method $request_method;
-    }}
-    location @unauthorized {{
-      if ($http_accept ~* "text/html") {{
-        return 302 https://127.0.0.1:{dport}/login?rd=$scheme://$http_host$request_uri;
-      }}
-      return 401;
-    }}
-    location / {{
-      auth_request /_portcullis;
-      error_page 401 = @unauthorized;
-      auth_request_set $pc_user $upstream_http_x_forwarded_user;
-      auth_request_set $pc_groups $upstream_http_x_forwarded_groups;
-      proxy_set_header X-Forwarded-User $pc_user;
-      proxy_set_header X-Forwarded-Groups $pc_groups;
-      proxy_pass http://127.0.0.1:{backend};
-    }}
-  }}
-}}"#,
-            cert = cert.display(),
-            key = key.display(),
-            ca = ca.display(),
-            dport = d.port,
-            backend = backend.port,
+        &common::nginx::portcullis_site(
+            d.port,
+            &ca,
+            backend.port,
+            &format!("https://127.0.0.1:{}/login", d.port),
+            Some((&cert, &key)),
         ),
     );
     let app = format!("https://127.0.0.1:{}/api/reports", nginx.port);

@@ -286,27 +286,9 @@ async fn sessions_expire_after_their_ttl_and_end_at_logout() {
 
     // Logout: 204, then the token is dead.
     let token = d.cert_session("pcalice").await;
-    let auth = format!("Bearer {token}");
-    let r = client
-        .request(
-            hyper::Method::DELETE,
-            "/v1/session",
-            &[("authorization", &auth)],
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 204);
+    assert_eq!(delete_session(&client, &token).await.status, 204);
     assert_eq!(get_session(&client, &token).await.status, 401);
-    let r = client
-        .request(
-            hyper::Method::DELETE,
-            "/v1/session",
-            &[("authorization", &auth)],
-            None,
-        )
-        .await
-        .unwrap();
+    let r = delete_session(&client, &token).await;
     assert_eq!(r.status, 401, "a second logout finds nothing");
 }
 

@@ -158,11 +158,7 @@ fn exit_codes_for_refusal_unreachable_and_usage() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 
     // Nothing listening: exit 3.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let o = cli(
         run.path(),
         &[

@@ -34,53 +34,6 @@ fn daemon(dir: &Path, extra: &[&str]) -> Daemon {
     d
 }
 
-/// The README's nginx site, pointed at `d` and the echo backend.
-fn nginx_conf(d: &Daemon, backend: u16) -> String {
-    format!(
-        r#"events {{}}
-http {{
-  access_log off;
-  server {{
-    listen 127.0.0.1:{{port}};
-    location = /_portcullis {{
-      internal;
-      proxy_pass https://127.0.0.1:{dport}/v1/authorize;
-      proxy_ssl_trusted_certificate {ca};
-      proxy_ssl_verify on;
-      proxy_ssl_name localhost;
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-URI $request_uri;
-      proxy_set_header X-Original-Method $request_method;
-      proxy_set_header X-Forwarded-Host $host;
-      proxy_set_header X-Forwarded-Proto $scheme;
-    }}
-    location @unauthorized {{
-      if ($http_accept ~* "text/html") {{
-        return 302 https://auth.example/login?rd=$scheme://$http_host$request_uri;
-      }}
-      return 401;
-    }}
-    location / {{
-      auth_request /_portcullis;
-      error_page 401 = @unauthorized;
-      auth_request_set $pc_user $upstream_http_x_forwarded_user;
-      auth_request_set $pc_groups $upstream_http_x_forwarded_groups;
-      auth_request_set $pc_labels $upstream_http_x_forwarded_labels;
-      auth_request_set $pc_org $upstream_http_arlas_org_filter;
-      proxy_set_header X-Forwarded-User $pc_user;
-      proxy_set_header X-Forwarded-Groups $pc_groups;
-      proxy_set_header X-Forwarded-Labels $pc_labels;
-      proxy_set_header arlas-org-filter $pc_org;
-      proxy_pass http://127.0.0.1:{backend};
-    }}
-  }}
-}}"#,
-        dport = d.port,
-        ca = d.ca().display(),
-    )
-}
-
 /// `curl` through the front: status, the backend's echo (Null if none), headers.
 fn curl(port: u16, method: &str, path: &str, headers: &[&str]) -> (u16, Value, String) {
     let mut cmd = Command::new("curl");
@@ -124,7 +77,13 @@ async fn nginx_auth_request_enforces_the_rules_and_owns_the_identity_headers() {
     let dir = tempdir();
     let d = daemon(dir.path(), &[]);
     let backend = Echo::start();
-    let nginx = Nginx::start(&nginx_conf(&d, backend.port));
+    let nginx = Nginx::start(&common::nginx::portcullis_site(
+        d.port,
+        &d.ca(),
+        backend.port,
+        "https://auth.example/login",
+        None,
+    ));
     let alice = format!(
         "Cookie: portcullis_session={}",
         d.cert_session("pcalice").await

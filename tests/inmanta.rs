@@ -76,15 +76,9 @@ except Exception as e:
 }
 
 fn token(d: &Daemon, args: &[&str]) -> String {
-    let o = Command::new(BIN)
-        .arg("token")
-        .args(args)
-        .arg("--socket")
-        .arg(d.dir.join("admin.sock"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
+    let (code, token, err) = token_cli(d, args);
+    assert_eq!(code, Some(0), "{err}");
+    token
 }
 
 #[tokio::test]

@@ -263,21 +263,6 @@ async fn a_new_key_by_sighup_signs_new_tokens_while_old_ones_stay_valid() {
     assert_eq!(get_session(&d.client(None), &new).await.status, 200);
 }
 
-fn token_cli(d: &Daemon, args: &[&str]) -> (Option<i32>, String, String) {
-    let o = Command::new(BIN)
-        .arg("token")
-        .args(args)
-        .arg("--socket")
-        .arg(d.dir.join("admin.sock"))
-        .output()
-        .unwrap();
-    (
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        String::from_utf8_lossy(&o.stderr).to_string(),
-    )
-}
-
 #[tokio::test]
 async fn service_tokens_carry_client_types_and_environment_and_expire_as_asked() {
     let dir = tempdir();

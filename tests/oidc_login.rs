@@ -500,11 +500,7 @@ async fn the_cli_runs_the_authorization_code_flow_with_pkce() {
     let idp = Idp::start(dir.path());
     idp.set_groups("oidc-gina", &["pcops"]).await;
     let d = daemon(dir.path(), &idp, "jwt", &[]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = std::process::Command::new(BIN)
         .args([
             "login",

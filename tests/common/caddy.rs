@@ -16,11 +16,7 @@ impl Caddy {
     /// the global options keep it off the network and the admin API.
     pub fn start(site: &str) -> Caddy {
         let dir = super::tempdir();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let file = dir.path().join("Caddyfile");
         std::fs::write(
             &file,

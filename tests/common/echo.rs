@@ -30,11 +30,7 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 impl Echo {
     pub fn start() -> Echo {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let child = Command::new("python3")
             .args(["-c", SCRIPT, &port.to_string()])
             .stdin(Stdio::null())

@@ -527,3 +527,30 @@ pub fn next_otp() -> String {
 pub fn python() -> String {
     std::env::var("PORTCULLIS_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
+
+/// A loopback port no one listens on now (the kernel's choice), for a server a
+/// test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `portcullis token ARGS --socket <d's operator socket>`: exit code, stdout
+/// (trimmed: the token) and stderr.
+pub fn token_cli(d: &Daemon, args: &[&str]) -> (Option<i32>, String, String) {
+    let o = std::process::Command::new(BIN)
+        .arg("token")
+        .args(args)
+        .arg("--socket")
+        .arg(d.dir.join("admin.sock"))
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}

@@ -21,7 +21,7 @@ impl Nginx {
     /// `http`/`stream` blocks; the directives that keep nginx in this directory
     /// (pid, logs, temp paths) are added here.
     pub fn start(body: &str) -> Nginx {
-        Self::start_on(free_port(), body)
+        Self::start_on(super::free_port(), body)
     }
 
     /// [`Nginx::start`] on a port chosen beforehand (when another server must
@@ -82,15 +82,6 @@ impl Nginx {
     }
 }
 
-/// A port no one listens on now (the kernel's choice).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn which_nginx() -> PathBuf {
     for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
         if Path::new(p).exists() {
@@ -112,4 +103,66 @@ impl Drop for Nginx {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The README's nginx site: `auth_request` to the daemon on `daemon_port` (trusting
+/// `ca`), browsers without identity sent to `login` with `rd`, the identity headers
+/// set (never appended) for `backend`. TLS on the listener with `tls` (cert, key).
+pub fn portcullis_site(
+    daemon_port: u16,
+    ca: &Path,
+    backend: u16,
+    login: &str,
+    tls: Option<(&Path, &Path)>,
+) -> String {
+    let listen = match tls {
+        Some((cert, key)) => format!(
+            "listen 127.0.0.1:{{port}} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};",
+            cert.display(),
+            key.display()
+        ),
+        None => "listen 127.0.0.1:{port};".to_string(),
+    };
+    format!(
+        r#"events {{}}
+http {{
+  access_log off;
+  server {{
+    {listen}
+    location = /_portcullis {{
+      internal;
+      proxy_pass https://127.0.0.1:{daemon_port}/v1/authorize;
+      proxy_ssl_trusted_certificate {ca};
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Forwarded-Proto $scheme;
+    }}
+    location @unauthorized {{
+      if ($http_accept ~* "text/html") {{
+        return 302 {login}?rd=$scheme://$http_host$request_uri;
+      }}
+      return 401;
+    }}
+    location / {{
+      auth_request /_portcullis;
+      error_page 401 = @unauthorized;
+      auth_request_set $pc_user $upstream_http_x_forwarded_user;
+      auth_request_set $pc_groups $upstream_http_x_forwarded_groups;
+      auth_request_set $pc_labels $upstream_http_x_forwarded_labels;
+      auth_request_set $pc_org $upstream_http_arlas_org_filter;
+      proxy_set_header X-Forwarded-User $pc_user;
+      proxy_set_header X-Forwarded-Groups $pc_groups;
+      proxy_set_header X-Forwarded-Labels $pc_labels;
+      proxy_set_header arlas-org-filter $pc_org;
+      proxy_pass http://127.0.0.1:{backend};
+    }}
+  }}
+}}"#,
+        ca = ca.display(),
+    )
 }

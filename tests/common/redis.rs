@@ -17,14 +17,6 @@ pub struct RedisServer {
     tls: bool,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl RedisServer {
     /// Plain `redis://`.
     pub fn start() -> RedisServer {
@@ -44,7 +36,7 @@ impl RedisServer {
         }
         let mut r = RedisServer {
             child: None,
-            port: free_port(),
+            port: super::free_port(),
             dir,
             tls,
         };

@@ -34,14 +34,6 @@ pub struct Browser {
     _profile: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Browser {
     /// chromedriver + headless Chromium trusting the certificates in `trusted` (PEM).
     pub async fn start(trusted: &[&Path]) -> Browser {
@@ -62,7 +54,7 @@ impl Browser {
                 "{bin} is missing: scripts/test installs chromium and chromium-driver"
             );
         }
-        let port = free_port();
+        let port = super::free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .envs(env.iter().copied())
