@@ -15,7 +15,10 @@
 //! `KRB5RCACHEDIR`), as in the daemon: it is part of the real cost.
 //!
 //! Prints the same shape as loadgen and pam_floor (`init_mean_ms`: the mean time to
-//! make one token, for scale). `--latencies FILE` appends every accept's latency (µs,
+//! make one token, for scale; `accept_cpu_us`: the CPU time the accepting threads
+//! spent per successful accept, from CLOCK_THREAD_CPUTIME_ID read around each accept
+//! and its completion check and context release only, so the token making in the same
+//! process is left out — the acceptor's own CPU cost of a login). `--latencies FILE` appends every accept's latency (µs,
 //! one a line) for pooling several runs.
 
 use std::path::PathBuf;
@@ -126,9 +129,23 @@ fn check(ctx: Result<ServerCtx, String>) -> Result<(), String> {
     }
 }
 
+/// CPU time this thread has used so far (CLOCK_THREAD_CPUTIME_ID).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct it is given and nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 #[derive(Default)]
 struct Thread {
     latencies: Vec<u32>,
+    /// CPU time of the accepts (with their check and context release).
+    accept_cpu: Duration,
     /// Time spent making tokens (not part of the figures, reported for scale).
     making: Duration,
     made: u64,
@@ -191,10 +208,13 @@ fn main() {
                                     continue;
                                 }
                             };
+                            let cpu = thread_cpu();
                             let began = Instant::now();
                             let ctx = accept(&token);
                             let took = began.elapsed();
-                            match check(ctx) {
+                            let checked = check(ctx);
+                            t.accept_cpu += thread_cpu().saturating_sub(cpu);
+                            match checked {
                                 Ok(()) => t
                                     .latencies
                                     .push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX)),
@@ -246,6 +266,12 @@ fn main() {
     } else {
         0.0
     };
+    let accept_cpu: f64 = results.iter().map(|t| t.accept_cpu.as_secs_f64()).sum();
+    let accept_cpu_us = if lat.is_empty() {
+        0.0
+    } else {
+        accept_cpu * 1e6 / lat.len() as f64
+    };
     let pct = |p: f64| percentile(&lat, p, 1000.0);
     let rate = if elapsed > 0.0 {
         lat.len() as f64 / elapsed
@@ -259,11 +285,12 @@ fn main() {
                 "concurrency": args.concurrency, "seconds": (elapsed * 1000.0).round() / 1000.0,
                 "requests": lat.len(), "rate": (rate * 10.0).round() / 10.0,
                 "p50_ms": pct(0.5), "p99_ms": pct(0.99), "errors": errors,
-                "init_mean_ms": (init_ms * 1000.0).round() / 1000.0})
+                "init_mean_ms": (init_ms * 1000.0).round() / 1000.0,
+                "accept_cpu_us": (accept_cpu_us * 10.0).round() / 10.0})
         );
     } else {
         println!(
-            "gss_accept {} c={} {elapsed:.2}s accepting: {rate:.1} accepts/s ({} ok), p50 {:.3} ms, p99 {:.3} ms, {errors} errors; making a token (not counted) {init_ms:.3} ms",
+            "gss_accept {} c={} {elapsed:.2}s accepting: {rate:.1} accepts/s ({} ok), p50 {:.3} ms, p99 {:.3} ms, {errors} errors, CPU {accept_cpu_us:.1} µs/accept; making a token (not counted) {init_ms:.3} ms",
             initiator.spn,
             args.concurrency,
             lat.len(),
