@@ -39,6 +39,40 @@ pub struct BlockingPool {
     slots: Arc<Semaphore>,
     queue_timeout: Duration,
     metrics: Option<Arc<Metrics>>,
+    /// Set by [`BlockingPool::with_dedicated_threads`]: `run` jobs go to this pool's
+    /// own threads instead of tokio's blocking pool.
+    dedicated: Option<Arc<JobQueue>>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The jobs waiting for a dedicated thread. A mutex and a condition variable rather
+/// than a channel: channels spin (`sched_yield`) before they sleep, which on a busy
+/// core only takes time from the async worker that has the next request.
+#[derive(Default)]
+struct JobQueue {
+    jobs: std::sync::Mutex<std::collections::VecDeque<Job>>,
+    ready: std::sync::Condvar,
+}
+
+impl JobQueue {
+    fn push(&self, job: Job) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(job);
+        self.ready.notify_one();
+    }
+
+    fn pop(&self) -> Job {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(job) = jobs.pop_front() {
+                return job;
+            }
+            jobs = self.ready.wait(jobs).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// Lets a long-lived job say when it is waiting for someone else (a PAM prompt
@@ -90,7 +124,41 @@ impl BlockingPool {
             slots: Arc::new(Semaphore::new(size.max(1))),
             queue_timeout,
             metrics: None,
+            dedicated: None,
         }
+    }
+
+    /// Run `run` jobs on `size` threads of this pool's own, started now and living as
+    /// long as the process.
+    ///
+    /// Why: tokio's blocking pool hands each job to whichever of its threads is free,
+    /// and a thread that has been idle a while is retired, so a call cannot keep
+    /// per-thread state. The GSSAPI acceptor keeps an acquired credential per thread
+    /// (see `auth::kerberos::acceptor`); its threads must stay. Admission is unchanged:
+    /// the semaphore has as many slots as there are threads, so a job that got a slot
+    /// always finds a thread waiting.
+    pub fn with_dedicated_threads(mut self) -> Self {
+        let size = self.slots.available_permits();
+        let queue = Arc::new(JobQueue::default());
+        for i in 0..size {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-{i}", self.name))
+                .spawn(move || {
+                    loop {
+                        let job = queue.pop();
+                        // A panic drops the job's reply sender: the caller sees
+                        // `Panicked`, and this thread goes on.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(pool = self.name, error = %e, "cannot start a blocking thread; using tokio's blocking pool");
+                return self;
+            }
+        }
+        self.dedicated = Some(queue);
+        self
     }
 
     /// Report slow calls and slots in use to these metrics.
@@ -189,6 +257,26 @@ impl BlockingPool {
     {
         let permit = self.acquire().await?;
         let started = Instant::now();
+        if let Some(jobs) = &self.dedicated {
+            let (tx, mut rx) = tokio::sync::oneshot::channel();
+            let job: Job = Box::new(move || {
+                let out = f();
+                drop(permit);
+                let _ = tx.send(out);
+            });
+            jobs.push(job);
+            let joined = tokio::select! {
+                r = &mut rx => r,
+                _ = tokio::time::sleep(SLOW_CALL) => {
+                    self.report_slow(started.elapsed());
+                    rx.await
+                }
+            };
+            return joined.map_err(|_| {
+                tracing::error!(pool = self.name, "blocking call panicked");
+                PoolError::Panicked
+            });
+        }
         let mut handle = tokio::task::spawn_blocking(move || {
             let out = f();
             drop(permit);
@@ -240,6 +328,45 @@ mod tests {
         tx.send(()).unwrap();
         assert!(held.await.unwrap().is_ok());
         assert_eq!(pool.run(|| 2).await, Ok(2));
+    }
+
+    #[tokio::test]
+    async fn dedicated_threads_keep_their_state_survive_panics_and_stay_bounded() {
+        let pool =
+            BlockingPool::new("krbtest", 1, Duration::from_millis(50)).with_dedicated_threads();
+        let name = || std::thread::current().name().map(str::to_string);
+        assert_eq!(pool.run(name).await, Ok(Some("krbtest-0".into())));
+        thread_local!(static CALLS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+        let count = || {
+            CALLS.with(|c| {
+                c.set(c.get() + 1);
+                c.get()
+            })
+        };
+        assert_eq!(pool.run(count).await, Ok(1));
+        assert_eq!(
+            pool.run(count).await,
+            Ok(2),
+            "the same thread, its state kept"
+        );
+        assert_eq!(
+            pool.run(|| panic!("in a job")).await,
+            Err::<(), _>(PoolError::Panicked)
+        );
+        assert_eq!(
+            pool.run(count).await,
+            Ok(3),
+            "the thread outlived the panic"
+        );
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let held = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(move || rx.recv().ok()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(pool.run(|| 1).await, Err(PoolError::Busy));
+        tx.send(()).unwrap();
+        assert!(held.await.unwrap().is_ok());
     }
 
     #[tokio::test]

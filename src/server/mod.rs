@@ -130,7 +130,12 @@ impl Pools {
                 sys.blocking_threads + config.security.pam_max_conversations,
             ),
             nss: pool("nss", sys.blocking_threads),
-            gssapi: pool("gssapi", sys.blocking_threads),
+            // Dedicated threads: each keeps its acquired acceptor credential.
+            gssapi: if config.security.mechanisms.contains(&Mechanism::Kerberos) {
+                pool("gssapi", sys.blocking_threads).with_dedicated_threads()
+            } else {
+                pool("gssapi", sys.blocking_threads)
+            },
         }
     }
 }

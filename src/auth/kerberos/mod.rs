@@ -7,13 +7,15 @@
 //! `security.server_krb_principal` is set, the ticket's target must be exactly that
 //! principal. MIT's replay cache stays on (in `<state_dir>/krb5-rcache`, see
 //! `main.rs`), so a captured Authorization header cannot be replayed.
-//! `gss_accept_sec_context` may read the keytab and the replay cache from disk, so it
-//! runs on the blocking pool.
+//! `gss_accept_sec_context` reads the keytab and writes the replay cache on disk, so
+//! it runs on the gssapi pool's own threads, each holding an acceptor credential
+//! acquired once (see [`acceptor`]).
 
 use std::ffi::{CStr, c_char, c_void};
 
-use libgssapi::context::{SecurityContext, ServerCtx};
 use libgssapi::error::Error as GssError;
+
+mod acceptor;
 
 use super::{
     AuthError, Authenticator, BoxFuture, Credentials, Identity, LoginContext, Outcome, spnego,
@@ -65,13 +67,6 @@ pub struct KerberosAuthenticator {
     allow_instances: bool,
 }
 
-/// What the blocking acceptor step found.
-struct Accepted {
-    initiator: String,
-    target: String,
-    output: Option<Vec<u8>>,
-}
-
 impl KerberosAuthenticator {
     pub fn new(
         pool: BlockingPool,
@@ -88,16 +83,17 @@ impl KerberosAuthenticator {
     }
 
     async fn accept(&self, token: Vec<u8>) -> Result<Outcome, AuthError> {
-        let accepted = self.pool.run(move || accept_token(&token)).await??;
-        if let Some(want) = &self.principal
-            && &accepted.target != want
+        let want_target = self.principal.is_some();
+        let accepted = self
+            .pool
+            .run(move || accept_token(&token, want_target))
+            .await??;
+        if let (Some(want), Some(target)) = (&self.principal, &accepted.target)
+            && target != want
         {
             return Err(AuthError::rejected(
                 "wrong_service_principal",
-                format!(
-                    "the ticket is for {}, not for this server's principal",
-                    accepted.target
-                ),
+                format!("the ticket is for {target}, not for this server's principal"),
             ));
         }
         let user = self.local_user(&accepted.initiator)?;
@@ -154,7 +150,7 @@ pub fn local_user(
     Ok(user.to_string())
 }
 
-fn accept_token(token: &[u8]) -> Result<Accepted, AuthError> {
+fn accept_token(token: &[u8], want_target: bool) -> Result<acceptor::Established, AuthError> {
     // SPNEGO is unwrapped here so the krb5 mechanism reports its own error codes
     // (see `spnego`); the answer is wrapped the same way it came.
     let (krb5, spnego_mech) = match spnego::parse(token) {
@@ -163,31 +159,17 @@ fn accept_token(token: &[u8]) -> Result<Accepted, AuthError> {
         spnego::Token::NotKerberos => return Err(negotiate_incomplete()),
         spnego::Token::Malformed => return Err(bad_token()),
     };
-    let mut ctx = ServerCtx::new(None);
-    let output = match ctx.step(krb5) {
-        Ok(out) => out.map(|b| b.to_vec()),
-        Err(e) => return Err(classify(&e)),
-    };
-    if !ctx.open().unwrap_or(false) {
+    let mut established = match acceptor::accept(krb5, want_target) {
+        Ok(e) => e,
         // A krb5 token that wants a second round trip (DCE style): not HTTP Negotiate.
-        return Err(negotiate_incomplete());
+        Err(acceptor::Refused::ContinueNeeded) => return Err(negotiate_incomplete()),
+        Err(acceptor::Refused::Gss(e)) => return Err(classify(&e)),
+    };
+    if let Some(mech) = spnego_mech {
+        let output = spnego::accept_completed(mech, established.output.as_deref());
+        established.output = Some(output);
     }
-    let name = |n: Result<libgssapi::name::Name, GssError>| {
-        n.and_then(|n| n.display_name())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .map_err(|e| classify(&e))
-    };
-    let initiator = name(ctx.source_name())?;
-    let target = name(ctx.target_name())?;
-    let output = match spnego_mech {
-        Some(mech) => Some(spnego::accept_completed(mech, output.as_deref())),
-        None => output,
-    };
-    Ok(Accepted {
-        initiator,
-        target,
-        output,
-    })
+    Ok(established)
 }
 
 fn negotiate_incomplete() -> AuthError {
