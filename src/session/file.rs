@@ -106,12 +106,16 @@ impl Stored {
 struct Shared {
     db: Database,
     path: PathBuf,
-    /// New sessions not yet committed.
-    pending: Mutex<Vec<(TokenHash, Vec<u8>)>>,
+    /// Writes not yet committed: new sessions (`Some(row)`), and the sessions their
+    /// logins evicted at the per-user bound (`None`), committed in one transaction.
+    pending: Mutex<Vec<Pending>>,
     /// Sessions used since their last use was written (only with an idle timeout).
     touched: Mutex<std::collections::HashSet<TokenHash>>,
     idle: bool,
 }
+
+/// A session to write (`Some`) or to delete (`None`) in the next batch.
+type Pending = (TokenHash, Option<Vec<u8>>);
 
 pub struct FileStore {
     memory: MemoryStore,
@@ -152,7 +156,7 @@ impl FileStore {
         })
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<(TokenHash, Vec<u8>)>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
         self.shared
             .pending
             .lock()
@@ -272,17 +276,27 @@ fn touch(db: &Database, hashes: &[TokenHash]) -> Result<(), String> {
     txn.commit().map_err(|e| e.to_string())
 }
 
-fn insert(db: &Database, rows: &[(TokenHash, Vec<u8>)]) -> Result<(), String> {
+/// New sessions and the evictions their logins made, in one transaction.
+fn insert(db: &Database, rows: &[Pending]) -> Result<(), String> {
     if rows.is_empty() {
         return Ok(());
     }
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut table = txn.open_table(SESSIONS).map_err(|e| e.to_string())?;
-        for (h, v) in rows {
-            table
-                .insert(h.0.as_slice(), v.as_slice())
-                .map_err(|e| e.to_string())?;
+        let mut used = txn.open_table(LAST_USED).map_err(|e| e.to_string())?;
+        for (h, row) in rows {
+            match row {
+                Some(v) => {
+                    table
+                        .insert(h.0.as_slice(), v.as_slice())
+                        .map_err(|e| e.to_string())?;
+                }
+                None => {
+                    table.remove(h.0.as_slice()).map_err(|e| e.to_string())?;
+                    used.remove(h.0.as_slice()).map_err(|e| e.to_string())?;
+                }
+            }
         }
     }
     txn.commit().map_err(|e| e.to_string())
@@ -314,7 +328,7 @@ fn sweep(db: &Database) -> Result<usize, String> {
 }
 
 impl Shared {
-    fn take_pending(&self) -> Vec<(TokenHash, Vec<u8>)> {
+    fn take_pending(&self) -> Vec<Pending> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -405,10 +419,19 @@ impl FileStore {
             created.session.expires_at,
         ))
         .expect("a session serialises");
-        self.pending().push((created.token.hash, row));
+        {
+            // The user's oldest sessions made room: they end on disk in the same
+            // transaction as the new one is written. Not at once, as a logout is: a
+            // crash before the batch loses both the new session and the eviction,
+            // which leaves the user exactly as before this login — never over the
+            // bound. (Committing each eviction on its own cost a disk flush per
+            // login once a user had reached the bound.)
+            let mut pending = self.pending();
+            pending.retain(|(h, _)| !created.evicted.contains(h));
+            pending.push((created.token.hash, Some(row)));
+            pending.extend(created.evicted.iter().map(|h| (*h, None)));
+        }
         self.wake.notify_one();
-        // The user's oldest sessions made room: they end on disk too.
-        self.delete_now(&created.evicted);
         Ok(created)
     }
 
@@ -490,6 +513,44 @@ mod tests {
         assert_eq!(s.info.labels.len(), 1);
         assert!(store.get(&gone).is_none(), "a logout stays a logout");
         assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_evicted_at_the_per_user_bound_stay_evicted_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.db");
+        let limits = SessionLimits {
+            per_user: 2,
+            ..SessionLimits::default()
+        };
+        let ttl = Duration::from_secs(60);
+        let (first, second, third, fourth) = {
+            let store = FileStore::open(&path, None, limits).unwrap();
+            let first = store.create(info("alice"), ttl).unwrap();
+            tokio::time::sleep(BATCH * 3).await;
+            let second = store.create(info("alice"), ttl).unwrap();
+            // Evicts `first` (on disk) in the batch that writes `third`.
+            let third = store.create(info("alice"), ttl).unwrap();
+            assert!(third.evicted == vec![first.token.hash]);
+            tokio::time::sleep(BATCH * 3).await;
+            // Evicts `second` and is written only at shutdown, in the same transaction.
+            let fourth = store.create(info("alice"), ttl).unwrap();
+            assert!(fourth.evicted == vec![second.token.hash]);
+            (first, second, third, fourth)
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let store = FileStore::open(&path, None, limits).unwrap();
+        assert!(
+            store.get(&first.token.hash).is_none(),
+            "evicted stays evicted"
+        );
+        assert!(
+            store.get(&second.token.hash).is_none(),
+            "evicted stays evicted"
+        );
+        assert!(store.get(&third.token.hash).is_some());
+        assert!(store.get(&fourth.token.hash).is_some());
+        assert_eq!(store.len(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
