@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -149,7 +149,11 @@ fn origin_allowed(state: &AppState, req: &Request<Incoming>, origin: &str) -> bo
 }
 
 pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    with_json_headers(status, Bytes::from(value.to_string()))
+}
+
+fn with_json_headers(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
@@ -328,10 +332,8 @@ fn login_answer(
             session,
             response_token,
         }) => {
-            let mut v = session_json(&session);
-            v["session"] = Value::String(token.text.to_string());
-            v["token_type"] = Value::String("Bearer".into());
-            let mut resp = json_response(StatusCode::OK, &v);
+            let body = SessionBody::new(&session).with_token(&token.text);
+            let mut resp = typed_json_response(StatusCode::OK, &body);
             if let Some(t) = response_token {
                 // RFC 4559 §5: the acceptor's final token, for mutual authentication.
                 let value = format!("Negotiate {}", STANDARD.encode(t));
@@ -462,7 +464,10 @@ fn store_unavailable(e: SessionError) -> ApiError {
 
 async fn session_get(state: &AppState, headers: &HeaderMap) -> Result<Response<Body>, ApiError> {
     let (_, session) = presented_session(state, headers).await?;
-    Ok(json_response(StatusCode::OK, &session_json(&session)))
+    Ok(typed_json_response(
+        StatusCode::OK,
+        &SessionBody::new(&session),
+    ))
 }
 
 async fn session_delete(
@@ -494,30 +499,98 @@ async fn session_delete(
     Ok(resp)
 }
 
+/// The body of `GET /v1/session` and, with the token, of a successful login.
+///
+/// A struct serialized straight to bytes rather than a `serde_json::Value` turned
+/// into a string: the session check is the call every protected request makes, and
+/// building the map cost as much as the TLS record it is sent in (`perf`, issue 15).
+#[derive(Serialize)]
+pub struct SessionBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_type: Option<&'static str>,
+    /// Rounded up so a fresh session reports its whole TTL.
+    expires_in: u64,
+    expires_at: Rfc3339,
+    user: &'a str,
+    mechanism: &'static str,
+    groups: &'a [Arc<str>],
+    labels: &'a [Arc<str>],
+}
+
+impl<'a> SessionBody<'a> {
+    pub fn new(session: &'a Session) -> Self {
+        SessionBody {
+            session: None,
+            token_type: None,
+            expires_in: session
+                .expires_in(SystemTime::now())
+                .as_millis()
+                .div_ceil(1000) as u64,
+            expires_at: Rfc3339(session.expires_at),
+            user: &session.info.user,
+            mechanism: session.info.mechanism.as_str(),
+            groups: &session.info.groups,
+            labels: &session.info.labels,
+        }
+    }
+
+    /// A login's answer: the session and its token.
+    pub fn with_token(mut self, token: &'a str) -> Self {
+        self.session = Some(token);
+        self.token_type = Some("Bearer");
+        self
+    }
+}
+
 pub fn session_json(session: &Session) -> Value {
-    let now = SystemTime::now();
-    json!({
-        // Rounded up so a fresh session reports its whole TTL.
-        "expires_in": session.expires_in(now).as_millis().div_ceil(1000) as u64,
-        "expires_at": rfc3339(session.expires_at),
-        "user": session.info.user.as_ref(),
-        "mechanism": session.info.mechanism.as_str(),
-        "groups": session.info.groups.iter().map(|g| g.as_ref()).collect::<Vec<_>>(),
-        "labels": session.info.labels.iter().map(|l| l.as_ref()).collect::<Vec<_>>(),
-    })
+    serde_json::to_value(SessionBody::new(session)).unwrap_or_default()
+}
+
+/// A time as RFC 3339 UTC with whole seconds, serialized without a `String`.
+pub struct Rfc3339(pub SystemTime);
+
+impl Rfc3339 {
+    fn bytes(&self) -> [u8; 20] {
+        let t = time::OffsetDateTime::from(self.0);
+        let mut out = *b"0000-00-00T00:00:00Z";
+        let mut put = |at: usize, width: usize, mut n: u32| {
+            for i in (0..width).rev() {
+                out[at + i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, t.year().clamp(0, 9999) as u32);
+        put(5, 2, u8::from(t.month()).into());
+        put(8, 2, t.day().into());
+        put(11, 2, t.hour().into());
+        put(14, 2, t.minute().into());
+        put(17, 2, t.second().into());
+        out
+    }
+}
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let b = self.bytes();
+        s.serialize_str(std::str::from_utf8(&b).unwrap_or_default())
+    }
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    String::from_utf8_lossy(&Rfc3339(t).bytes()).into_owned()
+}
+
+/// A JSON answer serialized straight from a typed body.
+pub fn typed_json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => with_json_headers(status, Bytes::from(bytes)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialize an answer");
+            with_json_headers(StatusCode::INTERNAL_SERVER_ERROR, Bytes::new())
+        }
+    }
 }
 
 #[cfg(test)]
