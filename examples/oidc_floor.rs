@@ -124,7 +124,7 @@ fn main() {
         println!(
             "{}",
             serde_json::json!({"mode": if args.hmac_only { "hmac" } else { "verify" }, "alg": format!("{:?}", header.alg), "concurrency": args.concurrency,
-                "requests": lat.len(), "rate": (rate * 10.0).round() / 10.0, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "errors": 0})
+                "requests": lat.len(), "seconds": (elapsed * 1000.0).round() / 1000.0, "rate": (rate * 10.0).round() / 10.0, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "errors": 0})
         );
     } else {
         println!(
