@@ -358,3 +358,74 @@ async fn a_ticket_for_a_service_named_like_a_server_error_is_a_401_without_error
         "{log}"
     );
 }
+
+/// `kadmin.local ktadd` into `keytab`: a new random key (the next kvno) for `name`,
+/// appended to the file, as an operator rotates a service key.
+fn ktadd(name: &str, keytab: &Path) {
+    let out = Command::new("/usr/sbin/kadmin.local")
+        .args(["-r", "PORTCULLIS.TEST", "-q"])
+        .arg(format!("ktadd -k {} \"{name}\"", keytab.display()))
+        .output()
+        .expect("kadmin.local is installed by scripts/prepare-env");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("added to keytab"), "ktadd {name}: {text}");
+}
+
+/// The acceptor threads keep a credential for the keytab, but not its keys: a key
+/// rotated in while the daemon runs is used for the next login, and a keytab that
+/// goes away is refused at once and works again with the file — no restart.
+#[tokio::test]
+async fn a_rotated_or_removed_keytab_takes_effect_without_a_restart() {
+    let dir = tempdir();
+    let run = tempdir();
+    let principal = "HTTP/rotate.test";
+    add_principal(principal);
+    let keytab = dir.path().join("rotate.keytab");
+    ktadd(principal, &keytab);
+    let setting = format!("security.krb_keytab=FILE:{}", keytab.display());
+    let d = start(dir.path(), &[&setting]);
+    let login = |cache: &str| cli_login(&d, cache, run.path(), &["--spn", principal]);
+    let first = tempdir();
+    let cache = kinit(first.path(), "pcalice", "alice-Secret-1");
+    let o = login(&cache);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Rotation: a new kvno in the KDC and appended to the keytab; a fresh ticket is
+    // for the new key.
+    ktadd(principal, &keytab);
+    let second = tempdir();
+    let cache = kinit(second.path(), "pcalice", "alice-Secret-1");
+    let o = login(&cache);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "a ticket for the rotated key: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // The keytab moved away: refused at once (as with MIT's default credential,
+    // which reports the missing file as a missing key: a 401), and back with the file.
+    let aside = dir.path().join("rotate.keytab.aside");
+    std::fs::rename(&keytab, &aside).unwrap();
+    let o = login(&cache);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not have"), "{err}");
+    std::fs::rename(&aside, &keytab).unwrap();
+    let o = login(&cache);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
