@@ -10,6 +10,7 @@ pub mod directory;
 pub mod error;
 pub mod forward;
 pub mod issued;
+pub mod jwt_provider;
 pub mod labels;
 pub mod logsafe;
 pub mod metrics;

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use portcullis::cli::{self, Command};
 
 fn main() -> ExitCode {
+    portcullis::jwt_provider::install();
     let (cli, sources) = cli::parse();
     match &cli.command {
         Command::Serve(args) => cli::serve::run(args, sources),
