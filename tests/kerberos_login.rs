@@ -281,22 +281,22 @@ async fn clock_skew_is_named_in_the_refusal() {
     );
 }
 
-/// Add a random-key principal to the test KDC (not to any keytab); idempotent.
-fn add_principal(name: &str) {
+/// Run one `kadmin.local` query against the test realm; its stdout and stderr.
+fn kadmin(query: &str) -> String {
     let out = Command::new("/usr/sbin/kadmin.local")
-        .args([
-            "-r",
-            "PORTCULLIS.TEST",
-            "-q",
-            &format!("addprinc -randkey \"{name}\""),
-        ])
+        .args(["-r", "PORTCULLIS.TEST", "-q", query])
         .output()
         .expect("kadmin.local is installed by scripts/prepare-env");
-    let text = format!(
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    )
+}
+
+/// Add a random-key principal to the test KDC (not to any keytab); idempotent.
+fn add_principal(name: &str) {
+    let text = kadmin(&format!("addprinc -randkey \"{name}\""));
     assert!(
         text.contains("created") || text.contains("already exists"),
         "kadmin.local addprinc {name}: {text}"
@@ -362,16 +362,7 @@ async fn a_ticket_for_a_service_named_like_a_server_error_is_a_401_without_error
 /// `kadmin.local ktadd` into `keytab`: a new random key (the next kvno) for `name`,
 /// appended to the file, as an operator rotates a service key.
 fn ktadd(name: &str, keytab: &Path) {
-    let out = Command::new("/usr/sbin/kadmin.local")
-        .args(["-r", "PORTCULLIS.TEST", "-q"])
-        .arg(format!("ktadd -k {} \"{name}\"", keytab.display()))
-        .output()
-        .expect("kadmin.local is installed by scripts/prepare-env");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = kadmin(&format!("ktadd -k {} \"{name}\"", keytab.display()));
     assert!(text.contains("added to keytab"), "ktadd {name}: {text}");
 }
 
@@ -389,28 +380,21 @@ async fn a_rotated_or_removed_keytab_takes_effect_without_a_restart() {
     let setting = format!("security.krb_keytab=FILE:{}", keytab.display());
     let d = start(dir.path(), &[&setting]);
     let login = |cache: &str| cli_login(&d, cache, run.path(), &["--spn", principal]);
+    let logs_in = |cache: &str, what: &str| {
+        let o = login(cache);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{what}: {err}");
+    };
     let first = tempdir();
     let cache = kinit(first.path(), "pcalice", "alice-Secret-1");
-    let o = login(&cache);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    logs_in(&cache, "the first key");
 
     // Rotation: a new kvno in the KDC and appended to the keytab; a fresh ticket is
     // for the new key.
     ktadd(principal, &keytab);
     let second = tempdir();
     let cache = kinit(second.path(), "pcalice", "alice-Secret-1");
-    let o = login(&cache);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "a ticket for the rotated key: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    logs_in(&cache, "a ticket for the rotated key");
 
     // The keytab moved away: refused at once (as with MIT's default credential,
     // which reports the missing file as a missing key: a 401), and back with the file.
@@ -421,11 +405,5 @@ async fn a_rotated_or_removed_keytab_takes_effect_without_a_restart() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("does not have"), "{err}");
     std::fs::rename(&aside, &keytab).unwrap();
-    let o = login(&cache);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    logs_in(&cache, "the keytab back");
 }
