@@ -87,8 +87,9 @@ fn parsed(alg: Algorithm, key: &DecodingKey) -> Result<Option<Arc<ParsedPublicKe
     if key.family() != family {
         return Err(ErrorKind::InvalidKeyFormat.into());
     }
+    let id = (alg, id);
     let mut kept = keys().lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(k) = kept.get(&(alg, id.clone())) {
+    if let Some(k) = kept.get(&id) {
         return Ok(Some(k.clone()));
     }
     let made = match (rsa, ec, key.kind()) {
@@ -106,7 +107,7 @@ fn parsed(alg: Algorithm, key: &DecodingKey) -> Result<Option<Arc<ParsedPublicKe
         kept.clear();
     }
     let made = Arc::new(made);
-    kept.insert((alg, id), made.clone());
+    kept.insert(id, made.clone());
     Ok(Some(made))
 }
 

@@ -322,6 +322,16 @@ async fn tarpit<T>(result: Result<T, AuthError>) -> Result<T, AuthError> {
     result
 }
 
+/// RFC 4559 §5: the acceptor's final token, for mutual authentication, on a
+/// successful Negotiate login (API or browser).
+pub fn mutual_authentication(resp: &mut Response<Body>, token: Option<Vec<u8>>) {
+    if let Some(t) = token
+        && let Ok(v) = HeaderValue::from_str(&format!("Negotiate {}", STANDARD.encode(t)))
+    {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+}
+
 fn login_answer(
     result: Result<LoginResult, AuthError>,
     challenges: &[String],
@@ -334,13 +344,7 @@ fn login_answer(
         }) => {
             let body = SessionBody::new(&session).with_token(&token.text);
             let mut resp = typed_json_response(StatusCode::OK, &body);
-            if let Some(t) = response_token {
-                // RFC 4559 §5: the acceptor's final token, for mutual authentication.
-                let value = format!("Negotiate {}", STANDARD.encode(t));
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-                }
-            }
+            mutual_authentication(&mut resp, response_token);
             Ok(resp)
         }
         Ok(LoginResult::Challenge(c)) => {
@@ -542,10 +546,6 @@ impl<'a> SessionBody<'a> {
         self.token_type = Some("Bearer");
         self
     }
-}
-
-pub fn session_json(session: &Session) -> Value {
-    serde_json::to_value(SessionBody::new(session)).unwrap_or_default()
 }
 
 /// A time as RFC 3339 UTC with whole seconds, serialized without a `String`.

@@ -21,7 +21,7 @@ pub mod redirect;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -460,12 +460,7 @@ pub fn login_outcome(
                 &mut resp,
                 &session_cookie(&state.config, &token.text, max_age),
             );
-            if let Some(t) = response_token {
-                // RFC 4559 §5: the acceptor's final token, for mutual authentication.
-                if let Ok(v) = HeaderValue::from_str(&format!("Negotiate {}", STANDARD.encode(t))) {
-                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-                }
-            }
+            super::routes::mutual_authentication(&mut resp, response_token);
             resp
         }
         Ok(LoginResult::Challenge(c)) => {
