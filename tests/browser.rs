@@ -211,6 +211,15 @@ async fn answer(r: reqwest::Response) -> Answer {
     }
 }
 
+/// `GET url`, with a `Cookie` header when given, and its answer.
+async fn get(h: &reqwest::Client, url: String, cookie: Option<&str>) -> Answer {
+    let mut req = h.get(url);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    answer(req.send().await.unwrap()).await
+}
+
 fn has_session_cookie(a: &Answer) -> bool {
     a.cookies
         .iter()
@@ -492,11 +501,10 @@ async fn a_callback_without_its_browser_or_state_is_an_error_page() {
     let d = oidc_daemon(dir.path(), &idp, &[]);
     let h = http(&d);
     // Unknown state.
-    let a = answer(
-        h.get(format!("{}/v1/oidc/callback?state=bogus&code=x", d.url))
-            .send()
-            .await
-            .unwrap(),
+    let a = get(
+        &h,
+        format!("{}/v1/oidc/callback?state=bogus&code=x", d.url),
+        None,
     )
     .await;
     assert_eq!(a.status, 400);
@@ -508,13 +516,7 @@ async fn a_callback_without_its_browser_or_state_is_an_error_page() {
     assert!(!has_session_cookie(&a));
 
     // A real state, carried to a client without the cookie that started it.
-    let a = answer(
-        h.get(format!("{}/login/oidc?rd=/healthz", d.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let a = get(&h, format!("{}/login/oidc?rd=/healthz", d.url), None).await;
     assert_eq!(a.status, 302);
     let to = reqwest::Url::parse(a.location.as_deref().unwrap()).unwrap();
     assert!(to.as_str().starts_with(&idp.url), "{to}");
@@ -530,15 +532,10 @@ async fn a_callback_without_its_browser_or_state_is_an_error_page() {
         .unwrap();
     assert!(flow_cookie.contains("HttpOnly") && flow_cookie.contains("Secure"));
     let state = &q["state"];
-    let a = answer(
-        h.get(format!("{}/v1/oidc/callback?state={state}&code=x", d.url))
-            .header(
-                "cookie",
-                format!("__Host-portcullis_oidc={}", common_token()),
-            )
-            .send()
-            .await
-            .unwrap(),
+    let a = get(
+        &h,
+        format!("{}/v1/oidc/callback?state={state}&code=x", d.url),
+        Some(&format!("__Host-portcullis_oidc={}", common_token())),
     )
     .await;
     assert_eq!(a.status, 400);
@@ -548,25 +545,21 @@ async fn a_callback_without_its_browser_or_state_is_an_error_page() {
         .split(';')
         .next()
         .unwrap();
-    let a = answer(
-        h.get(format!(
+    let a = get(
+        &h,
+        format!(
             "{}/v1/oidc/callback?state={state}&error=access_denied",
             d.url
-        ))
-        .header("cookie", format!("__Host-portcullis_oidc={own}"))
-        .send()
-        .await
-        .unwrap(),
+        ),
+        Some(&format!("__Host-portcullis_oidc={own}")),
     )
     .await;
     assert_eq!(a.status, 400);
     // An IdP error on a live state is shown as such.
-    let a = answer(
-        h.get(format!("{}/login/oidc", d.url))
-            .header("cookie", format!("__Host-portcullis_oidc={own}"))
-            .send()
-            .await
-            .unwrap(),
+    let a = get(
+        &h,
+        format!("{}/login/oidc", d.url),
+        Some(&format!("__Host-portcullis_oidc={own}")),
     )
     .await;
     let to = reqwest::Url::parse(a.location.as_deref().unwrap()).unwrap();
@@ -576,17 +569,10 @@ async fn a_callback_without_its_browser_or_state_is_an_error_page() {
         .unwrap()
         .1
         .into_owned();
-    let a = answer(
-        h.get(format!(
+    let a = get(&h, format!(
             "{}/v1/oidc/callback?state={state}&error=access_denied&error_description=%3Cb%3Eno%3C/b%3E",
             d.url
-        ))
-        .header("cookie", format!("__Host-portcullis_oidc={own}"))
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        ), Some(&format!("__Host-portcullis_oidc={own}"))).await;
     assert_eq!(a.status, 401);
     assert!(
         a.body.contains("did not sign you in (access_denied)"),

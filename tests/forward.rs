@@ -12,6 +12,15 @@ use common::nginx::Nginx;
 use common::*;
 use serde_json::Value;
 
+/// `GET /v1/authorize` with these headers, as a proxy asks, from a client without a
+/// certificate.
+async fn authorize(d: &Daemon, headers: &[(&str, &str)]) -> portcullis::cli::client::Reply {
+    d.client(None)
+        .request(hyper::Method::GET, "/v1/authorize", headers, None)
+        .await
+        .unwrap()
+}
+
 const RULES: &str = "\
 # ARLAS-style permissions, per group or label
 pcanalysts: r:/api/.*:GET,HEAD
@@ -189,22 +198,17 @@ async fn the_original_request_is_believed_only_from_trusted_proxies() {
     // Trusted (the default, loopback): a forward-auth browser gets the redirect itself.
     let dir2 = tempdir();
     let d2 = daemon(dir2.path(), &["forward.public_url=https://auth.example"]);
-    let r = d2
-        .client(None)
-        .request(
-            hyper::Method::GET,
-            "/v1/authorize",
-            &[
-                ("x-forwarded-uri", "/api/x?y=1"),
-                ("x-forwarded-method", "GET"),
-                ("x-forwarded-host", "app.example"),
-                ("x-forwarded-proto", "https"),
-                ("accept", "text/html,application/xhtml+xml"),
-            ],
-            None,
-        )
-        .await
-        .unwrap();
+    let r = authorize(
+        &d2,
+        &[
+            ("x-forwarded-uri", "/api/x?y=1"),
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-host", "app.example"),
+            ("x-forwarded-proto", "https"),
+            ("accept", "text/html,application/xhtml+xml"),
+        ],
+    )
+    .await;
     assert_eq!(r.status, 302);
     assert_eq!(
         r.headers.get("location").unwrap().to_str().unwrap(),
@@ -319,19 +323,14 @@ async fn every_key_can_come_from_the_environment() {
             ("PORTCULLIS_FORWARD__HEADER_USER", "arlas-user"),
         ],
     );
-    let r = d
-        .client(None)
-        .request(
-            hyper::Method::GET,
-            "/v1/authorize",
-            &[
-                ("x-forwarded-uri", "/open/doc"),
-                ("x-forwarded-method", "GET"),
-            ],
-            None,
-        )
-        .await
-        .unwrap();
+    let r = authorize(
+        &d,
+        &[
+            ("x-forwarded-uri", "/open/doc"),
+            ("x-forwarded-method", "GET"),
+        ],
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.headers.get("arlas-user").unwrap(), "anonymous");
 

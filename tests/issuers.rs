@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -26,13 +26,6 @@ const ENV_B: &str = "8f0c3c5e-7c8e-4d34-9d0b-1c7a3f3e1a02";
 /// An RS256 issuer whose keys are the test IdP's JWKS.
 const RS_ISS: &str = "https://rs.test";
 const AUD: &str = "https://portcullis.test";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// A token signed by PyJWT the way Inmanta's `encode_token` signs its own: the
 /// HMAC key is the configured `key` base64url-decoded (`urlsafe_b64decode(key +
@@ -295,12 +288,7 @@ async fn hs256_and_rs256_issuers_next_to_security_oidc() {
     assert_eq!(r.status, 200, "{:?}\n{}", r.json(), d.log());
     assert_eq!(r.json()["user"], "oidc-alice");
     assert_eq!(strings(&r.json()["labels"]), ["apple"]);
-    let m = d
-        .client(None)
-        .request(hyper::Method::GET, "/v1/auth/methods", &[], None)
-        .await
-        .unwrap()
-        .json();
+    let m = methods(&d).await;
     assert_eq!(m["oidc"]["issuer"], json!(idp.url));
 
     assert!(!d.log().contains(&good), "a token reached the log");
@@ -313,12 +301,7 @@ async fn required_claims_and_issuers_without_security_oidc() {
     let conf = write_conf(dir.path(), None);
     // Only trusted issuers: the oidc mechanism starts without security.oidc.
     let d = Daemon::start_with_file(dir.path(), &conf, &[]);
-    let m = d
-        .client(None)
-        .request(hyper::Method::GET, "/v1/auth/methods", &[], None)
-        .await
-        .unwrap()
-        .json();
+    let m = methods(&d).await;
     assert!(
         strings(&m["mechanisms"]).contains(&"oidc".to_string()),
         "{m}"

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -13,13 +13,6 @@ use portcullis::cli::client::Reply;
 use serde_json::{Value, json};
 
 const AUD: &str = "https://portcullis.test";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// A daemon whose OIDC settings point at `idp`, plus `extra` overrides.
 fn daemon(dir: &std::path::Path, idp: &Idp, mode: &str, extra: &[&str]) -> Daemon {
@@ -87,12 +80,7 @@ async fn jwt_mode_accepts_rs256_and_es256_with_groups_from_the_token() {
         assert_eq!(strings(&v["groups"]), ["pcanalysts", "pcops"]);
         assert_eq!(strings(&v["labels"]), ["apple", "cherry"]);
     }
-    let m = d
-        .client(None)
-        .request(hyper::Method::GET, "/v1/auth/methods", &[], None)
-        .await
-        .unwrap()
-        .json();
+    let m = methods(&d).await;
     assert!(strings(&m["mechanisms"]).contains(&"oidc".to_string()));
     assert_eq!(m["oidc"]["issuer"], json!(idp.url));
     assert_eq!(m["oidc"]["client_id"], "portcullis-cli");

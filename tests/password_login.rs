@@ -63,12 +63,10 @@ async fn right_password_gives_a_session_with_nss_groups_and_labels() {
     let r = basic(&d.client(None), "pcbob", "bob-Secret-2").await;
     assert_eq!(r.status, 200);
     assert_eq!(strings(&r.json()["labels"]), ["apple"]);
-    let r = d
-        .client(None)
-        .request(hyper::Method::GET, "/v1/auth/methods", &[], None)
-        .await
-        .unwrap();
-    assert_eq!(r.json()["mechanisms"], json!(["password", "certificate"]));
+    assert_eq!(
+        methods(&d).await["mechanisms"],
+        json!(["password", "certificate"])
+    );
 }
 
 #[tokio::test]

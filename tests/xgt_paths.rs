@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::idp::Idp;
 use common::*;
@@ -13,23 +13,6 @@ use serde_json::{Value, json};
 
 const AUD: &str = "https://portcullis.test";
 const DISCOVERY: (&str, &str) = ("GET", "/.well-known/openid-configuration");
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-async fn methods(d: &Daemon) -> Value {
-    let r = d
-        .client(None)
-        .request(hyper::Method::GET, "/v1/auth/methods", &[], None)
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
-    r.json()
-}
 
 /// Wait until `needle` appears at least `n` times in the daemon's log.
 async fn wait_for_log_count(d: &Daemon, needle: &str, n: usize) {

@@ -554,3 +554,22 @@ pub fn token_cli(d: &Daemon, args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&o.stderr).to_string(),
     )
 }
+
+/// Seconds since the Unix epoch (JWT `iat`/`exp`).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `GET /v1/auth/methods` (200) as JSON.
+pub async fn methods(d: &Daemon) -> serde_json::Value {
+    let r = d
+        .client(None)
+        .request(hyper::Method::GET, "/v1/auth/methods", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    r.json()
+}
