@@ -368,6 +368,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_dedicated_pool_leaves_the_other_pools_alone() {
+        let gssapi =
+            BlockingPool::new("gssapi", 1, Duration::from_millis(50)).with_dedicated_threads();
+        let nss = BlockingPool::new("nss", 1, Duration::from_millis(50));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let held = tokio::spawn({
+            let gssapi = gssapi.clone();
+            async move { gssapi.run(move || rx.recv().ok()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            gssapi.run(|| 1).await,
+            Err(PoolError::Busy),
+            "the flood is refused"
+        );
+        assert_eq!(nss.run(|| 3).await, Ok(3), "others are not");
+        tx.send(()).unwrap();
+        assert!(held.await.unwrap().is_ok());
+        assert_eq!(gssapi.run(|| 4).await, Ok(4), "and it recovers");
+    }
+
+    #[tokio::test]
     async fn pools_do_not_share_slots() {
         let pam = BlockingPool::new("pam", 1, Duration::from_millis(50));
         let nss = BlockingPool::new("nss", 1, Duration::from_millis(50));
