@@ -528,14 +528,28 @@ pub fn python() -> String {
     std::env::var("PORTCULLIS_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-/// A loopback port no one listens on now (the kernel's choice), for a server a
-/// test starts.
+/// A loopback port no one listens on now, for a server a test starts.
+///
+/// Not the kernel's choice (`bind(127.0.0.1:0)`): the daemons the tests start
+/// bind port 0 themselves, and the kernel may hand one of them the very port it
+/// just gave here and took back, so nginx (say) would fail to bind it while the
+/// test talked to another test's daemon. These come from below the kernel's
+/// ephemeral range (32768–60999 by default), which `bind(0)` and outgoing
+/// connections never use, each one once per test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// `portcullis token ARGS --socket <d's operator socket>`: exit code, stdout

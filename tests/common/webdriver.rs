@@ -197,23 +197,42 @@ impl Browser {
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{e}/value"),
-            Some(json!({"text": text})),
-        )
-        .await;
+        self.on_element(css, "value", json!({"text": text})).await;
     }
 
     pub async fn click(&self, css: &str) {
-        let e = self.find(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{e}/click"),
-            Some(json!({})),
-        )
-        .await;
+        self.on_element(css, "click", json!({})).await;
+    }
+
+    /// POSTs `action` to the element `css` selects. An element found on a page
+    /// that was replaced before the action reached it is "stale": the action
+    /// never happened, so it is found again on the new page and retried.
+    async fn on_element(&self, css: &str, action: &str, body: Value) {
+        for _ in 0..20 {
+            let e = self.find(css).await;
+            let url = format!(
+                "{}/session/{}/element/{e}/{action}",
+                self.base, self.session
+            );
+            let v: Value = self
+                .http
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            match v["value"].get("error").and_then(Value::as_str) {
+                None => return,
+                Some("stale element reference") => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Some(_) => panic!("WebDriver {action} on {css}: {}", v["value"]),
+            }
+        }
+        panic!("{css} went stale 20 times in a row");
     }
 
     /// Wait up to 15 s for the current URL to satisfy `pred`.
@@ -226,6 +245,24 @@ impl Browser {
             }
             if started.elapsed() > Duration::from_secs(15) {
                 panic!("never reached {what}; at {u}:\n{}", self.source().await);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait up to 15 s for the current page (URL and source) to satisfy
+    /// `pred`: for pages that share a URL, such as oidc-provider's login and
+    /// consent pages, where only the content tells which one has loaded.
+    pub async fn wait_page(&self, what: &str, pred: impl Fn(&str, &str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            let u = self.url().await;
+            let page = self.source().await;
+            if pred(&u, &page) {
+                return u;
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                panic!("never reached {what}; at {u}:\n{page}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
