@@ -11,11 +11,13 @@
 //! Durability follows SPEC §10: a logout (or an operator's revoke) is committed
 //! before the store returns, so before the 204; new logins are collected and
 //! committed together at most [`BATCH`] later, so a crash loses at most that much
-//! (the client just logs in again). Only the token's SHA-256 is stored, never the
+//! (the client just logs in again); a session evicted before its batch is never
+//! written. Only the token's SHA-256 is stored, never the
 //! token. With `security.session_idle_timeout` on, the last use of each session is
 //! written every [`TOUCH`] (and at shutdown), so after a restart an idle session is
 //! no younger than it was — at most that much later than exact.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -106,16 +108,24 @@ impl Stored {
 struct Shared {
     db: Database,
     path: PathBuf,
-    /// Writes not yet committed: new sessions (`Some(row)`), and the sessions their
-    /// logins evicted at the per-user bound (`None`), committed in one transaction.
-    pending: Mutex<Vec<Pending>>,
+    /// The next batch, by token hash: new sessions to write (`Some`), and the
+    /// sessions their logins evicted at the per-user bound to delete (`None`),
+    /// committed in one transaction. A session made and evicted before its batch
+    /// is taken out of it: it never reaches the file (a user logging in over and
+    /// over past the bound costs no disk writes).
+    pending: Mutex<Pending>,
+    /// Held from taking a batch until it is committed, and by a logout from taking
+    /// its session out of the next batch until its deletion is committed: without
+    /// it, a logout landing between the two could be overtaken by the commit of its
+    /// own login, and the session would be back after a restart.
+    commit: Mutex<()>,
     /// Sessions used since their last use was written (only with an idle timeout).
     touched: Mutex<std::collections::HashSet<TokenHash>>,
     idle: bool,
 }
 
-/// A session to write (`Some`) or to delete (`None`) in the next batch.
-type Pending = (TokenHash, Option<Vec<u8>>);
+/// Sessions to write (`Some`) or to delete (`None`) in the next batch.
+type Pending = HashMap<TokenHash, Option<Session>>;
 
 pub struct FileStore {
     memory: MemoryStore,
@@ -143,7 +153,8 @@ impl FileStore {
         let shared = Arc::new(Shared {
             db,
             path: path.into(),
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(HashMap::new()),
+            commit: Mutex::new(()),
             touched: Mutex::new(std::collections::HashSet::new()),
             idle: idle_timeout.is_some_and(|d| !d.is_zero()),
         });
@@ -156,27 +167,33 @@ impl FileStore {
         })
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Delete sessions from the file now (durably), dropping any unwritten copy first.
     fn delete_now(&self, hashes: &[TokenHash]) {
         if hashes.is_empty() {
             return;
         }
-        self.pending().retain(|(h, _)| !hashes.contains(h));
         let shared = self.shared.clone();
         let hashes = hashes.to_vec();
-        // A commit waits for the disk; let the runtime move other work off this thread.
-        let result = tokio::task::block_in_place(move || delete(&shared.db, &hashes));
+        // A commit waits for the disk (and for a batch being committed); let the
+        // runtime move other work off this thread.
+        let result = tokio::task::block_in_place(move || {
+            let _order = lock(&shared.commit);
+            {
+                let mut pending = lock(&shared.pending);
+                for h in &hashes {
+                    pending.remove(h);
+                }
+            }
+            delete(&shared.db, &hashes)
+        });
         if let Err(e) = result {
             tracing::error!(path = %self.shared.path.display(), error = %e, "could not write a logout to the session store");
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The file holds session hashes and groups: owner only.
@@ -277,7 +294,7 @@ fn touch(db: &Database, hashes: &[TokenHash]) -> Result<(), String> {
 }
 
 /// New sessions and the evictions their logins made, in one transaction.
-fn insert(db: &Database, rows: &[Pending]) -> Result<(), String> {
+fn insert(db: &Database, rows: &Pending) -> Result<(), String> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -287,7 +304,9 @@ fn insert(db: &Database, rows: &[Pending]) -> Result<(), String> {
         let mut used = txn.open_table(LAST_USED).map_err(|e| e.to_string())?;
         for (h, row) in rows {
             match row {
-                Some(v) => {
+                Some(session) => {
+                    let v = serde_json::to_vec(&Stored::new(&session.info, session.expires_at))
+                        .expect("a session serialises");
                     table
                         .insert(h.0.as_slice(), v.as_slice())
                         .map_err(|e| e.to_string())?;
@@ -328,12 +347,16 @@ fn sweep(db: &Database) -> Result<usize, String> {
 }
 
 impl Shared {
-    fn take_pending(&self) -> Vec<Pending> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Commit the next batch (and the last uses in `touched`): in order with the
+    /// logouts, see [`Shared::commit`].
+    fn commit_pending(&self, touched: &[TokenHash]) -> Result<(), String> {
+        let _order = lock(&self.commit);
+        let rows = std::mem::take(&mut *lock(&self.pending));
+        insert(&self.db, &rows).and_then(|()| touch(&self.db, touched))
     }
 
     fn has_pending(&self) -> bool {
-        !self.pending.lock().map(|p| p.is_empty()).unwrap_or(true)
+        !lock(&self.pending).is_empty()
     }
 
     fn take_touched(&self) -> Vec<TokenHash> {
@@ -358,7 +381,6 @@ async fn write_batches(shared: std::sync::Weak<Shared>, wake: Arc<tokio::sync::N
         }
         tokio::time::sleep(BATCH).await;
         let Some(s) = shared.upgrade() else { return };
-        let rows = s.take_pending();
         let sweep_due = last_sweep.elapsed() >= SWEEP;
         if sweep_due {
             last_sweep = tokio::time::Instant::now();
@@ -372,7 +394,7 @@ async fn write_batches(shared: std::sync::Weak<Shared>, wake: Arc<tokio::sync::N
         let worker = s.clone();
         drop(s);
         let done = tokio::task::spawn_blocking(move || {
-            let written = insert(&worker.db, &rows).and_then(|()| touch(&worker.db, &touched));
+            let written = worker.commit_pending(&touched);
             let swept = if sweep_due {
                 sweep(&worker.db).map(Some)
             } else {
@@ -397,11 +419,8 @@ async fn write_batches(shared: std::sync::Weak<Shared>, wake: Arc<tokio::sync::N
 /// At shutdown, logins not yet written are written now.
 impl Drop for FileStore {
     fn drop(&mut self) {
-        let rows = self.shared.take_pending();
         let touched = self.shared.take_touched();
-        if let Err(e) =
-            insert(&self.shared.db, &rows).and_then(|()| touch(&self.shared.db, &touched))
-        {
+        if let Err(e) = self.shared.commit_pending(&touched) {
             tracing::error!(path = %self.shared.path.display(), error = %e, "could not write the last logins to the session store");
         }
         self.wake.notify_one();
@@ -414,11 +433,6 @@ impl Drop for FileStore {
 impl FileStore {
     pub fn create(&self, info: Arc<SessionInfo>, ttl: Duration) -> Result<Created, SessionError> {
         let created = self.memory.create(info, ttl)?;
-        let row = serde_json::to_vec(&Stored::new(
-            &created.session.info,
-            created.session.expires_at,
-        ))
-        .expect("a session serialises");
         {
             // The user's oldest sessions made room: they end on disk in the same
             // transaction as the new one is written. Not at once, as a logout is: a
@@ -426,12 +440,18 @@ impl FileStore {
             // which leaves the user exactly as before this login — never over the
             // bound. (Committing each eviction on its own cost a disk flush per
             // login once a user had reached the bound.)
-            // Writes are applied in order, so an evicted session whose own write is
-            // still pending is written and deleted in the same transaction (no scan
-            // of the pending list: at thousands of logins a second it is long).
-            let mut pending = self.pending();
-            pending.push((created.token.hash, Some(row)));
-            pending.extend(created.evicted.iter().map(|h| (*h, None)));
+            // An evicted session whose own write is still in the batch is taken out
+            // of it: it was never on disk. (A session is written at most once, so
+            // a write in the batch means it is not in the file yet.)
+            let mut pending = lock(&self.shared.pending);
+            pending.insert(created.token.hash, Some(created.session.clone()));
+            for h in &created.evicted {
+                if matches!(pending.get(h), Some(Some(_))) {
+                    pending.remove(h);
+                } else {
+                    pending.insert(*h, None);
+                }
+            }
         }
         self.wake.notify_one();
         Ok(created)
@@ -553,6 +573,44 @@ mod tests {
         assert!(store.get(&third.token.hash).is_some());
         assert!(store.get(&fourth.token.hash).is_some());
         assert_eq!(store.len(), 2);
+    }
+
+    /// A logout that lands while the batch holding its login is being committed
+    /// must not be undone by that commit (the session would be back after a
+    /// restart). Logins and logouts are interleaved for a while so that some
+    /// logouts fall between a batch taking its writes and committing them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logouts_during_a_batch_commit_stay_logouts_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.db");
+        let ttl = Duration::from_secs(60);
+        let store = Arc::new(open(&path).unwrap());
+        let mut gone = Vec::new();
+        let started = std::time::Instant::now();
+        while started.elapsed() < BATCH * 12 {
+            let s = store.create(info("alice"), ttl).unwrap();
+            let (st, hash) = (store.clone(), s.token.hash);
+            // The logout is a task of its own, as a request's would be, up to a
+            // batch and a half after its login.
+            let after = Duration::from_micros(gone.len() as u64 * 7919 % 150_000);
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                st.revoke(&hash)
+            });
+            gone.push(hash);
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        tokio::time::sleep(BATCH * 3).await;
+        drop(store);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let store = open(&path).unwrap();
+        let back = gone.iter().filter(|h| store.get(h).is_some()).count();
+        assert_eq!(
+            back,
+            0,
+            "of {} logouts, {back} came back after a reopen",
+            gone.len()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
