@@ -63,6 +63,8 @@ pub struct Issuer {
     pub name: Arc<str>,
     settings: IssuerSettings,
     verifier: Verifier,
+    /// What its tokens must satisfy besides the signature.
+    validation: jsonwebtoken::Validation,
     /// `<security.token.claim_prefix>ct`: the client types claim.
     ct_claim: String,
 }
@@ -97,8 +99,8 @@ impl Issuers {
                             .map_err(|e| format!("{}: {e}", key("secret")))?,
                     );
                     Verifier::Secret(VerifyKey {
-                        key: DecodingKey::from_secret(&raw),
-                        algorithms: vec![jsonwebtoken::Algorithm::HS256],
+                        key: Arc::new(DecodingKey::from_secret(&raw)),
+                        algorithms: Arc::from([jsonwebtoken::Algorithm::HS256]),
                     })
                 }
                 (IssuerAlgorithm::HS256, _, _) | (_, Some(_), _) | (_, None, None) => {
@@ -116,11 +118,17 @@ impl Issuers {
                     keys: Keys::new(refetch_interval),
                 },
             };
+            let validation = jwt::validation(
+                s.algorithm.jwt(),
+                &iss,
+                &s.audience.iter().map(String::as_str).collect::<Vec<_>>(),
+            );
             by_iss.insert(
                 iss,
                 Arc::new(Issuer {
                     name: Arc::from(name.as_str()),
                     settings: s.clone(),
+                    validation,
                     verifier,
                     ct_claim: format!("{claim_prefix}ct"),
                 }),
@@ -220,14 +228,8 @@ impl Issuer {
             tracing::info!(issuer = %self.name, kid = %Untrusted(header.kid.as_deref().unwrap_or("")), "bearer token refused: the issuer has no key for this kid and algorithm");
             return Err(rejected("unknown_key"));
         }
-        let audience: Vec<&str> = self.settings.audience.iter().map(String::as_str).collect();
-        let v = jwt::validation(
-            alg,
-            self.settings.issuer.as_deref().unwrap_or_default(),
-            &audience,
-        );
-        jwt::verify(token, &candidates, &v).inspect_err(|e| {
-            if e.reason() == "wrong_audience" && audience.is_empty() {
+        jwt::verify(token, &candidates, &self.validation).inspect_err(|e| {
+            if e.reason() == "wrong_audience" && self.settings.audience.is_empty() {
                 tracing::info!(issuer = %self.name, "the token carries aud but security.issuers.{}.audience is not set", self.name);
             }
         })

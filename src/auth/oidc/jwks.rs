@@ -15,11 +15,12 @@ use super::provider::{Unreachable, get_json};
 
 /// A verification key and the algorithms it may verify. The algorithm is fixed by
 /// the key (its `alg`, else its type and curve), never by the token: no `none`,
-/// and no HMAC with a public key as the secret.
+/// and no HMAC with a public key as the secret. Shared, so the candidates handed
+/// to each login are two reference counts, not a copy of the key material.
 #[derive(Clone)]
 pub struct VerifyKey {
-    pub key: DecodingKey,
-    pub algorithms: Vec<Algorithm>,
+    pub key: Arc<DecodingKey>,
+    pub algorithms: Arc<[Algorithm]>,
 }
 
 fn algorithms_for(jwk: &Jwk) -> Vec<Algorithm> {
@@ -85,7 +86,10 @@ impl KeySet {
             if algorithms.is_empty() {
                 continue;
             }
-            let vk = VerifyKey { key, algorithms };
+            let vk = VerifyKey {
+                key: Arc::new(key),
+                algorithms: algorithms.into(),
+            };
             match jwk.common.key_id {
                 Some(kid) => {
                     set.by_kid.insert(kid, vk);

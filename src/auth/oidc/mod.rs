@@ -91,6 +91,8 @@ struct Inner {
     endpoints: ArcSwapOption<Endpoints>,
     discovery_attempt: tokio::sync::Mutex<Option<(Instant, Option<Unreachable>)>>,
     keys: Keys,
+    /// What a JWT must satisfy besides its signature, by algorithm.
+    validations: jwt::Validations,
     /// Introspection answers (`introspection_cache_ttl`).
     cache: TokenCache<Arc<Value>>,
     /// Opaque tokens the IdP refused, with the refusal to repeat.
@@ -161,6 +163,10 @@ impl OidcAuthenticator {
             endpoints: ArcSwapOption::empty(),
             discovery_attempt: tokio::sync::Mutex::new(None),
             keys: Keys::new(Duration::from_secs(settings.jwks_refetch_interval.max(1))),
+            validations: jwt::Validations::new(
+                settings.issuer.as_deref().unwrap_or_default(),
+                &[settings.audience.as_deref().unwrap_or_default()],
+            ),
             cache: TokenCache::new(CACHE_MAX),
             refused: TokenCache::new(REFUSED_MAX),
             in_flight: Flights::default(),
