@@ -316,7 +316,9 @@ impl Inner {
                 );
                 Err(rejected("introspection_not_configured"))
             }
-            _ => self.opaque(token).await,
+            // Boxed: the introspection future is ≈5 KB, and held inline it would be
+            // copied into every login's future, JWT logins included.
+            _ => Box::pin(self.opaque(token)).await,
         }
     }
 
