@@ -1,7 +1,11 @@
 //! Reading the configured username and groups claims, with dot paths
 //! (`metadata.name`, `realm_access.roles`).
 
-use serde_json::Value;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 /// The value at a dot path, e.g. `user.name`.
 pub fn at<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
@@ -40,6 +44,82 @@ pub fn groups(claims: &Value, path: &str) -> Option<Vec<String>> {
     }
 }
 
+/// The claims of `raw` (a JSON object) that [`at`] can reach with `paths`, as a
+/// JSON object: for each path, the claim named by the whole path and the one named
+/// by its first segment. A verified token's claims are read this way rather than
+/// into a full [`Value`]: the claims the login does not look at (`aud`, `scope`,
+/// `jti`, …) are skipped, not allocated and freed on every login.
+pub fn reachable(raw: &RawValue, paths: &[&str]) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let claims = Reachable(paths).deserialize(&mut de)?;
+    de.end()?;
+    Ok(Value::Object(claims))
+}
+
+struct Reachable<'p>(&'p [&'p str]);
+
+impl Reachable<'_> {
+    fn wants(&self, key: &str) -> bool {
+        self.0
+            .iter()
+            .any(|p| *p == key || p.split('.').next() == Some(key))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Reachable<'_> {
+    type Value = Map<String, Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Reachable<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object of claims")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key_seed(Key(&self))? {
+            match key {
+                Some(k) => {
+                    out.insert(k, map.next_value()?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A claim's name, kept (`Some`) only when it is wanted.
+struct Key<'a, 'p>(&'a Reachable<'p>);
+
+impl<'de> DeserializeSeed<'de> for Key<'_, '_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key<'_, '_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a claim name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.wants(key).then(|| key.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +139,52 @@ mod tests {
         assert_eq!(groups(&c, "https://x/groups").unwrap(), ["g"]);
         assert_eq!(groups(&c, "groups").unwrap(), ["solo"]);
         assert_eq!(groups(&c, ""), None);
+    }
+
+    /// What the reachable claims answer for the paths asked is what the whole
+    /// claims answer; everything else is left out.
+    #[test]
+    fn reachable_claims_answer_as_the_whole_claims_do() {
+        let text = r#"{"preferred_username": "alice", "metadata": {"name": "bob", "x": [1]},
+                       "realm_access": {"roles": ["a", "b"]}, "https://x/groups": ["g"],
+                       "https://x": {"groups": ["not this one"]}, "aud": ["a", "b"],
+                       "g\u0072oups": "solo", "scope": "openid", "jti": "j"}"#;
+        let whole: Value = serde_json::from_str(text).unwrap();
+        let raw = RawValue::from_string(text.to_string()).unwrap();
+        let paths = [
+            "preferred_username",
+            "metadata.name",
+            "realm_access.roles",
+            "https://x/groups",
+            "groups",
+            "nope.deeper",
+        ];
+        let some = reachable(&raw, &paths).unwrap();
+        for p in paths {
+            assert_eq!(at(&some, p), at(&whole, p), "{p}");
+            assert_eq!(username(&some, p), username(&whole, p), "{p}");
+            assert_eq!(groups(&some, p), groups(&whole, p), "{p}");
+        }
+        let mut kept: Vec<&str> = some
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        kept.sort_unstable();
+        assert_eq!(
+            kept,
+            [
+                "groups",
+                "https://x/groups",
+                "metadata",
+                "preferred_username",
+                "realm_access"
+            ]
+        );
+        for not_an_object in ["[1, 2]", "\"alice\"", "null"] {
+            let raw = RawValue::from_string(not_an_object.to_string()).unwrap();
+            assert!(reachable(&raw, &paths).is_err(), "{not_an_object}");
+        }
     }
 }

@@ -228,7 +228,14 @@ impl Issuer {
             tracing::info!(issuer = %self.name, kid = %Untrusted(header.kid.as_deref().unwrap_or("")), "bearer token refused: the issuer has no key for this kid and algorithm");
             return Err(rejected("unknown_key"));
         }
-        jwt::verify(token, &candidates, &self.validation).inspect_err(|e| {
+        let s = &self.settings;
+        let mut paths = vec![
+            s.username_claim.as_str(),
+            s.groups_claim.as_str(),
+            &self.ct_claim,
+        ];
+        paths.extend(s.required_claims.keys().map(String::as_str));
+        jwt::verify(token, &candidates, &self.validation, &paths).inspect_err(|e| {
             if e.reason() == "wrong_audience" && self.settings.audience.is_empty() {
                 tracing::info!(issuer = %self.name, "the token carries aud but security.issuers.{}.audience is not set", self.name);
             }

@@ -10,6 +10,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation, decode};
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::jwks::VerifyKey;
 use super::provider::Unreachable;
@@ -111,17 +112,24 @@ impl Validations {
     }
 }
 
-/// The claims of `token` if one of `candidates` verifies it under `v`; otherwise a
-/// 401 whose reason (logged) says what failed.
+/// The claims of `token` that `paths` reach (see [`super::claims::reachable`]) if
+/// one of `candidates` verifies it under `v`; otherwise a 401 whose reason (logged)
+/// says what failed.
 pub(super) fn verify(
     token: &str,
     candidates: &[VerifyKey],
     v: &Validation,
+    paths: &[&str],
 ) -> Result<Value, AuthError> {
     let mut last = None;
     for k in candidates {
-        match decode::<Value>(token, &k.key, v) {
-            Ok(data) => return Ok(data.claims),
+        match decode::<Box<RawValue>>(token, &k.key, v) {
+            Ok(data) => {
+                return super::claims::reachable(&data.claims, paths).map_err(|e| {
+                    tracing::info!(error = %Untrusted(&e.to_string()), "bearer token refused: its claims are not a JSON object");
+                    rejected("token_invalid")
+                });
+            }
             Err(e) => last = Some(e),
         }
     }
@@ -159,7 +167,13 @@ impl Inner {
             tracing::info!(kid = %Untrusted(header.kid.as_deref().unwrap_or("")), alg = ?header.alg, "bearer token refused: no IdP key for this kid and algorithm");
             return Err(rejected("unknown_key"));
         }
-        verify(token, &candidates, self.validations.get(header.alg))
+        let s = &self.settings;
+        verify(
+            token,
+            &candidates,
+            self.validations.get(header.alg),
+            &[&s.username_claim, &s.groups_claim],
+        )
     }
 }
 
