@@ -33,8 +33,9 @@ pub struct Token {
 }
 
 /// A new token from aws-lc's DRBG (the one rustls draws TLS secrets from): a
-/// CTR-DRBG per thread, seeded from the kernel and reseeded after a fork or a VM
-/// snapshot, so a login costs no `getrandom(2)` call (≈1 µs per login measured).
+/// CTR-DRBG per thread, seeded from the kernel and reseeded after a fork (and after
+/// a VM snapshot where the hypervisor offers sysgenid), so a login costs no
+/// `getrandom(2)` call (≈1 µs per login measured).
 pub fn generate() -> Token {
     let mut raw = zeroize::Zeroizing::new([0u8; RANDOM_BYTES]);
     aws_lc_rs::rand::fill(&mut raw[..]).expect("aws-lc's DRBG is available");
