@@ -119,17 +119,23 @@ impl Browser {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    /// The `value` of the WebDriver answer to METHOD /session/<id>PATH, error or not.
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let mut req = self.http.request(method, &url);
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let v: Value = req.send().await.unwrap().json().await.unwrap();
-        if v["value"].get("error").is_some() {
-            panic!("WebDriver {path}: {}", v["value"]);
+        let mut v: Value = req.send().await.unwrap().json().await.unwrap();
+        v["value"].take()
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let v = self.send(method, path, body).await;
+        if v.get("error").is_some() {
+            panic!("WebDriver {path}: {v}");
         }
-        v["value"].clone()
+        v
     }
 
     async fn try_call(&self, method: reqwest::Method, path: &str, body: Value) -> Option<Value> {
@@ -210,26 +216,16 @@ impl Browser {
     async fn on_element(&self, css: &str, action: &str, body: Value) {
         for _ in 0..20 {
             let e = self.find(css).await;
-            let url = format!(
-                "{}/session/{}/element/{e}/{action}",
-                self.base, self.session
-            );
-            let v: Value = self
-                .http
-                .post(&url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            match v["value"].get("error").and_then(Value::as_str) {
+            let path = format!("/element/{e}/{action}");
+            let v = self
+                .send(reqwest::Method::POST, &path, Some(body.clone()))
+                .await;
+            match v.get("error").and_then(Value::as_str) {
                 None => return,
                 Some("stale element reference") => {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
-                Some(_) => panic!("WebDriver {action} on {css}: {}", v["value"]),
+                Some(_) => panic!("WebDriver {action} on {css}: {v}"),
             }
         }
         panic!("{css} went stale 20 times in a row");
