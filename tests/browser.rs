@@ -700,7 +700,8 @@ async fn an_expired_password_is_changed_on_the_next_pages_in_chromium() {
     b.click("#sign-in").await;
 
     // "New password:" as a password field; pam_pwquality's refusal of a short one is
-    // shown as an error on the next page, before the prompt again.
+    // shown as an error on the next page, before the prompt again. The prompts all
+    // post to /login, so each step waits for its page to be replaced, not for a URL.
     b.find("input#answer0[type=password]").await;
     assert!(
         b.source().await.contains("New password"),
@@ -708,7 +709,7 @@ async fn an_expired_password_is_changed_on_the_next_pages_in_chromium() {
         b.source().await
     );
     b.type_into("#answer0", "short").await;
-    b.click("#continue").await;
+    b.click_to_next_page("#continue").await;
     b.find("p.error").await;
     b.find("input#answer0[type=password]").await;
 
@@ -718,9 +719,7 @@ async fn an_expired_password_is_changed_on_the_next_pages_in_chromium() {
     for step in 0.. {
         assert!(step < 3, "more than new + retype:\n{}", b.source().await);
         b.type_into("#answer0", new).await;
-        b.click("#continue").await;
-        b.wait_url("the next page", |u| u == home || u.ends_with("/login"))
-            .await;
+        b.click_to_next_page("#continue").await;
         if b.url().await == home {
             break;
         }

@@ -210,6 +210,27 @@ impl Browser {
         self.on_element(css, "click", json!({})).await;
     }
 
+    /// Click `css` and wait (up to 15 s) until the page it was on has been
+    /// replaced — its root element gone stale —, for forms whose next page has the
+    /// same URL (a PAM conversation's prompts all post to /login).
+    pub async fn click_to_next_page(&self, css: &str) {
+        let old = self.find("html").await;
+        self.click(css).await;
+        let started = Instant::now();
+        loop {
+            let v = self
+                .send(reqwest::Method::GET, &format!("/element/{old}/name"), None)
+                .await;
+            if v.get("error").and_then(Value::as_str) == Some("stale element reference") {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                panic!("clicking {css} left {} in place", self.url().await);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// POSTs `action` to the element `css` selects. An element found on a page
     /// that was replaced before the action reached it is "stale": the action
     /// never happened, so it is found again on the new page and retried.
