@@ -20,7 +20,10 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
 /// Parsed keys kept at most; past it the map starts again (a JWKS is a few keys).
 const MAX_KEYS: usize = 256;
 
-type Keys = Mutex<HashMap<(Algorithm, Vec<u8>), Arc<ParsedPublicKey>>>;
+/// By algorithm and the key's main bytes (an RSA modulus, an EC point), with the
+/// rest of the key (an RSA exponent) beside the parsed key: looked up by borrowed
+/// bytes, so a verification copies no key material.
+type Keys = Mutex<HashMap<Algorithm, HashMap<Vec<u8>, (Vec<u8>, Arc<ParsedPublicKey>)>>>;
 
 fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
@@ -72,24 +75,19 @@ fn parsed(alg: Algorithm, key: &DecodingKey) -> Result<Option<Arc<ParsedPublicKe
         ES384 => Some(&sig::ECDSA_P384_SHA384_FIXED),
         _ => None,
     };
-    let (family, id) = match (rsa, ec, key.kind()) {
-        (Some(_), _, DecodingKeyKind::RsaModulusExponent { n, e }) => {
-            let mut id = Vec::with_capacity(n.len() + e.len() + 8);
-            id.extend_from_slice(&(n.len() as u64).to_be_bytes());
-            id.extend_from_slice(n);
-            id.extend_from_slice(e);
-            (AlgorithmFamily::Rsa, id)
-        }
-        (_, Some(_), DecodingKeyKind::SecretOrDer(point)) => (AlgorithmFamily::Ec, point.clone()),
+    let (family, main, rest): (_, &[u8], &[u8]) = match (rsa, ec, key.kind()) {
+        (Some(_), _, DecodingKeyKind::RsaModulusExponent { n, e }) => (AlgorithmFamily::Rsa, n, e),
+        (_, Some(_), DecodingKeyKind::SecretOrDer(point)) => (AlgorithmFamily::Ec, point, &[]),
         _ => return Ok(None),
     };
     // As jsonwebtoken's verifiers: a key of another family is refused, never used.
     if key.family() != family {
         return Err(ErrorKind::InvalidKeyFormat.into());
     }
-    let id = (alg, id);
     let mut kept = keys().lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(k) = kept.get(&id) {
+    if let Some((r, k)) = kept.get(&alg).and_then(|m| m.get(main))
+        && r.as_slice() == rest
+    {
         return Ok(Some(k.clone()));
     }
     let made = match (rsa, ec, key.kind()) {
@@ -103,11 +101,13 @@ fn parsed(alg: Algorithm, key: &DecodingKey) -> Result<Option<Arc<ParsedPublicKe
         // jsonwebtoken's verifier will refuse it with its own error.
         return Ok(None);
     };
-    if kept.len() >= MAX_KEYS {
+    if kept.values().map(HashMap::len).sum::<usize>() >= MAX_KEYS {
         kept.clear();
     }
     let made = Arc::new(made);
-    kept.insert(id, made.clone());
+    kept.entry(alg)
+        .or_default()
+        .insert(main.to_vec(), (rest.to_vec(), made.clone()));
     Ok(Some(made))
 }
 
@@ -165,8 +165,8 @@ mod tests {
         }
         let kept = keys().lock().unwrap();
         assert!(
-            kept.keys()
-                .any(|(a, id)| *a == Algorithm::ES256 && id == pair.public_key().as_ref()),
+            kept.get(&Algorithm::ES256)
+                .is_some_and(|m| m.contains_key(pair.public_key().as_ref())),
             "the parsed key is kept"
         );
         drop(kept);

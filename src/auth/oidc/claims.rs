@@ -49,24 +49,25 @@ pub fn groups(claims: &Value, path: &str) -> Option<Vec<String>> {
 /// by its first segment. A verified token's claims are read this way rather than
 /// into a full [`Value`]: the claims the login does not look at (`aud`, `scope`,
 /// `jti`, …) are skipped, not allocated and freed on every login.
-pub fn reachable(raw: &RawValue, paths: &[&str]) -> Result<Value, serde_json::Error> {
+pub fn reachable<P: AsRef<str>>(raw: &RawValue, paths: &[P]) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(raw.get());
     let claims = Reachable(paths).deserialize(&mut de)?;
     de.end()?;
     Ok(Value::Object(claims))
 }
 
-struct Reachable<'p>(&'p [&'p str]);
+struct Reachable<'p, P>(&'p [P]);
 
-impl Reachable<'_> {
+impl<P: AsRef<str>> Reachable<'_, P> {
     fn wants(&self, key: &str) -> bool {
         self.0
             .iter()
-            .any(|p| *p == key || p.split('.').next() == Some(key))
+            .map(AsRef::as_ref)
+            .any(|p: &str| p == key || p.split('.').next() == Some(key))
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Reachable<'_> {
+impl<'de, P: AsRef<str>> DeserializeSeed<'de> for Reachable<'_, P> {
     type Value = Map<String, Value>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -74,7 +75,7 @@ impl<'de> DeserializeSeed<'de> for Reachable<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Reachable<'_> {
+impl<'de, P: AsRef<str>> Visitor<'de> for Reachable<'_, P> {
     type Value = Map<String, Value>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -98,9 +99,9 @@ impl<'de> Visitor<'de> for Reachable<'_> {
 }
 
 /// A claim's name, kept (`Some`) only when it is wanted.
-struct Key<'a, 'p>(&'a Reachable<'p>);
+struct Key<'a, 'p, P>(&'a Reachable<'p, P>);
 
-impl<'de> DeserializeSeed<'de> for Key<'_, '_> {
+impl<'de, P: AsRef<str>> DeserializeSeed<'de> for Key<'_, '_, P> {
     type Value = Option<String>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -108,7 +109,7 @@ impl<'de> DeserializeSeed<'de> for Key<'_, '_> {
     }
 }
 
-impl<'de> Visitor<'de> for Key<'_, '_> {
+impl<'de, P: AsRef<str>> Visitor<'de> for Key<'_, '_, P> {
     type Value = Option<String>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {

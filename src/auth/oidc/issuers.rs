@@ -67,6 +67,9 @@ pub struct Issuer {
     validation: jsonwebtoken::Validation,
     /// `<security.token.claim_prefix>ct`: the client types claim.
     ct_claim: String,
+    /// Every claim path its logins read (username, groups, client types, required
+    /// claims): what is kept of a verified token.
+    claim_paths: Vec<String>,
 }
 
 /// Every trusted issuer, by the `iss` of its tokens.
@@ -118,6 +121,7 @@ impl Issuers {
                     keys: Keys::new(refetch_interval),
                 },
             };
+            let ct_claim = format!("{claim_prefix}ct");
             let validation = jwt::validation(
                 s.algorithm.jwt(),
                 &iss,
@@ -130,7 +134,12 @@ impl Issuers {
                     settings: s.clone(),
                     validation,
                     verifier,
-                    ct_claim: format!("{claim_prefix}ct"),
+                    claim_paths: [&s.username_claim, &s.groups_claim, &ct_claim]
+                        .into_iter()
+                        .chain(s.required_claims.keys())
+                        .cloned()
+                        .collect(),
+                    ct_claim,
                 }),
             );
         }
@@ -228,14 +237,7 @@ impl Issuer {
             tracing::info!(issuer = %self.name, kid = %Untrusted(header.kid.as_deref().unwrap_or("")), "bearer token refused: the issuer has no key for this kid and algorithm");
             return Err(rejected("unknown_key"));
         }
-        let s = &self.settings;
-        let mut paths = vec![
-            s.username_claim.as_str(),
-            s.groups_claim.as_str(),
-            &self.ct_claim,
-        ];
-        paths.extend(s.required_claims.keys().map(String::as_str));
-        jwt::verify(token, &candidates, &self.validation, &paths).inspect_err(|e| {
+        jwt::verify(token, &candidates, &self.validation, &self.claim_paths).inspect_err(|e| {
             if e.reason() == "wrong_audience" && self.settings.audience.is_empty() {
                 tracing::info!(issuer = %self.name, "the token carries aud but security.issuers.{}.audience is not set", self.name);
             }

@@ -115,11 +115,11 @@ impl Validations {
 /// The claims of `token` that `paths` reach (see [`super::claims::reachable`]) if
 /// one of `candidates` verifies it under `v`; otherwise a 401 whose reason (logged)
 /// says what failed.
-pub(super) fn verify(
+pub(super) fn verify<P: AsRef<str>>(
     token: &str,
     candidates: &[VerifyKey],
     v: &Validation,
-    paths: &[&str],
+    paths: &[P],
 ) -> Result<Value, AuthError> {
     let mut last = None;
     for k in candidates {
@@ -172,7 +172,7 @@ impl Inner {
             token,
             &candidates,
             self.validations.get(header.alg),
-            &[&s.username_claim, &s.groups_claim],
+            &[s.username_claim.as_str(), s.groups_claim.as_str()],
         )
     }
 }
