@@ -57,13 +57,7 @@ except Exception as e:
 }
 
 async fn jwks(d: &Daemon) -> Value {
-    let r = d
-        .client(None)
-        .request(hyper::Method::GET, "/.well-known/jwks.json", &[], None)
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
-    r.json()
+    common::get_json(d, "/.well-known/jwks.json").await
 }
 
 /// `jsonwebtoken` (the crate) with the JWKS, as a Rust service would verify.

@@ -577,13 +577,18 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
-/// `GET /v1/auth/methods` (200) as JSON.
-pub async fn methods(d: &Daemon) -> serde_json::Value {
+/// `GET path` of `d` without credentials, which must answer 200, as JSON.
+pub async fn get_json(d: &Daemon, path: &str) -> serde_json::Value {
     let r = d
         .client(None)
-        .request(hyper::Method::GET, "/v1/auth/methods", &[], None)
+        .request(hyper::Method::GET, path, &[], None)
         .await
         .unwrap();
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 200, "GET {path}");
     r.json()
+}
+
+/// `GET /v1/auth/methods` (200) as JSON.
+pub async fn methods(d: &Daemon) -> serde_json::Value {
+    get_json(d, "/v1/auth/methods").await
 }
