@@ -161,6 +161,18 @@ async fn forged_and_foreign_tokens_are_refused() {
     c.as_object_mut().unwrap().remove("preferred_username");
     let t = idp.sign(json!({"alg": "RS256"}), c, "rsa").await;
     assert_refused(&bearer(&d, &t).await, &d, "preferred_username");
+
+    // A properly signed payload that is not a JSON object: 401, and the next
+    // client's good token still logs in.
+    let t = idp
+        .sign(
+            json!({"alg": "RS256"}),
+            json!(["oidc-alice", idp.url]),
+            "rsa",
+        )
+        .await;
+    assert_refused(&bearer(&d, &t).await, &d, "token_invalid");
+    assert_eq!(bearer(&d, &good).await.status, 200);
     assert!(!d.log().contains(&good), "a token reached the log");
 }
 
