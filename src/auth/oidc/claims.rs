@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -44,16 +44,45 @@ pub fn groups(claims: &Value, path: &str) -> Option<Vec<String>> {
     }
 }
 
-/// The claims of `raw` (a JSON object) that [`at`] can reach with `paths`, as a
-/// JSON object: for each path, the claim named by the whole path and the one named
-/// by its first segment. A verified token's claims are read this way rather than
-/// into a full [`Value`]: the claims the login does not look at (`aud`, `scope`,
-/// `jti`, …) are skipped, not allocated and freed on every login.
-pub fn reachable<P: AsRef<str>>(raw: &RawValue, paths: &[P]) -> Result<Value, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    let claims = Reachable(paths).deserialize(&mut de)?;
+/// The registered claims a token's validation reads (RFC 7519 §4.1), as the JSON
+/// text of their values, found in the same pass as the claims the login reads.
+#[derive(Default)]
+pub struct Registered<'a> {
+    pub exp: Option<&'a RawValue>,
+    pub nbf: Option<&'a RawValue>,
+    pub sub: Option<&'a RawValue>,
+    pub iss: Option<&'a RawValue>,
+    pub aud: Option<&'a RawValue>,
+}
+
+const REGISTERED: [&str; 5] = ["exp", "nbf", "sub", "iss", "aud"];
+
+impl<'a> Registered<'a> {
+    fn slot(&mut self, i: usize) -> &mut Option<&'a RawValue> {
+        match i {
+            0 => &mut self.exp,
+            1 => &mut self.nbf,
+            2 => &mut self.sub,
+            3 => &mut self.iss,
+            _ => &mut self.aud,
+        }
+    }
+}
+
+/// Reads a verified token's payload `json` (a JSON object) once: the claims that
+/// [`at`] can reach with `paths` — for each path, the claim named by the whole path
+/// and the one named by its first segment — as a JSON object, and the
+/// [`Registered`] claims for validation. The claims the login does not look at
+/// (`scope`, `jti`, …) are skipped, not allocated and freed on every login. A
+/// registered claim given twice is refused, as jsonwebtoken's own reading does.
+pub fn read<'a, P: AsRef<str>>(
+    json: &'a str,
+    paths: &[P],
+) -> Result<(Value, Registered<'a>), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    let (claims, registered) = Reachable(paths).deserialize(&mut de)?;
     de.end()?;
-    Ok(Value::Object(claims))
+    Ok((Value::Object(claims), registered))
 }
 
 struct Reachable<'p, P>(&'p [P]);
@@ -68,7 +97,7 @@ impl<P: AsRef<str>> Reachable<'_, P> {
 }
 
 impl<'de, P: AsRef<str>> DeserializeSeed<'de> for Reachable<'_, P> {
-    type Value = Map<String, Value>;
+    type Value = (Map<String, Value>, Registered<'de>);
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
@@ -76,7 +105,7 @@ impl<'de, P: AsRef<str>> DeserializeSeed<'de> for Reachable<'_, P> {
 }
 
 impl<'de, P: AsRef<str>> Visitor<'de> for Reachable<'_, P> {
-    type Value = Map<String, Value>;
+    type Value = (Map<String, Value>, Registered<'de>);
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object of claims")
@@ -84,25 +113,45 @@ impl<'de, P: AsRef<str>> Visitor<'de> for Reachable<'_, P> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = Map::new();
+        let mut registered = Registered::default();
         while let Some(key) = map.next_key_seed(Key(&self))? {
             match key {
-                Some(k) => {
+                Kept::Registered(i, wanted) => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    let slot = registered.slot(i);
+                    if slot.is_some() {
+                        return Err(A::Error::duplicate_field(REGISTERED[i]));
+                    }
+                    *slot = Some(raw);
+                    if wanted {
+                        let value = serde_json::from_str(raw.get()).map_err(A::Error::custom)?;
+                        out.insert(REGISTERED[i].to_string(), value);
+                    }
+                }
+                Kept::Wanted(k) => {
                     out.insert(k, map.next_value()?);
                 }
-                None => {
+                Kept::Skipped => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(out)
+        Ok((out, registered))
     }
 }
 
-/// A claim's name, kept (`Some`) only when it is wanted.
+/// What becomes of a claim, by its name.
+enum Kept {
+    /// A registered claim (its index in [`REGISTERED`]), and whether a path wants it.
+    Registered(usize, bool),
+    Wanted(String),
+    Skipped,
+}
+
 struct Key<'a, 'p, P>(&'a Reachable<'p, P>);
 
 impl<'de, P: AsRef<str>> DeserializeSeed<'de> for Key<'_, '_, P> {
-    type Value = Option<String>;
+    type Value = Kept;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_str(self)
@@ -110,14 +159,19 @@ impl<'de, P: AsRef<str>> DeserializeSeed<'de> for Key<'_, '_, P> {
 }
 
 impl<'de, P: AsRef<str>> Visitor<'de> for Key<'_, '_, P> {
-    type Value = Option<String>;
+    type Value = Kept;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a claim name")
     }
 
     fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.wants(key).then(|| key.to_string()))
+        let wanted = self.0.wants(key);
+        Ok(match REGISTERED.iter().position(|r| *r == key) {
+            Some(i) => Kept::Registered(i, wanted),
+            None if wanted => Kept::Wanted(key.to_string()),
+            None => Kept::Skipped,
+        })
     }
 }
 
@@ -145,13 +199,12 @@ mod tests {
     /// What the reachable claims answer for the paths asked is what the whole
     /// claims answer; everything else is left out.
     #[test]
-    fn reachable_claims_answer_as_the_whole_claims_do() {
+    fn read_claims_answer_as_the_whole_claims_do() {
         let text = r#"{"preferred_username": "alice", "metadata": {"name": "bob", "x": [1]},
                        "realm_access": {"roles": ["a", "b"]}, "https://x/groups": ["g"],
                        "https://x": {"groups": ["not this one"]}, "aud": ["a", "b"],
                        "g\u0072oups": "solo", "scope": "openid", "jti": "j"}"#;
         let whole: Value = serde_json::from_str(text).unwrap();
-        let raw = RawValue::from_string(text.to_string()).unwrap();
         let paths = [
             "preferred_username",
             "metadata.name",
@@ -160,7 +213,9 @@ mod tests {
             "groups",
             "nope.deeper",
         ];
-        let some = reachable(&raw, &paths).unwrap();
+        let (some, registered) = read(text, &paths).unwrap();
+        assert_eq!(registered.aud.map(RawValue::get), Some(r#"["a", "b"]"#));
+        assert!(registered.exp.is_none() && registered.sub.is_none());
         for p in paths {
             assert_eq!(at(&some, p), at(&whole, p), "{p}");
             assert_eq!(username(&some, p), username(&whole, p), "{p}");
@@ -184,8 +239,7 @@ mod tests {
             ]
         );
         for not_an_object in ["[1, 2]", "\"alice\"", "null"] {
-            let raw = RawValue::from_string(not_an_object.to_string()).unwrap();
-            assert!(reachable(&raw, &paths).is_err(), "{not_an_object}");
+            assert!(read(not_an_object, &paths).is_err(), "{not_an_object}");
         }
     }
 }

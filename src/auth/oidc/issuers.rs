@@ -237,7 +237,7 @@ impl Issuer {
             tracing::info!(issuer = %self.name, kid = %Untrusted(header.kid.as_deref().unwrap_or("")), "bearer token refused: the issuer has no key for this kid and algorithm");
             return Err(rejected("unknown_key"));
         }
-        jwt::verify(token, &candidates, &self.validation, &self.claim_paths).inspect_err(|e| {
+        jwt::verify(token, alg, &candidates, &self.validation, &self.claim_paths).inspect_err(|e| {
             if e.reason() == "wrong_audience" && self.settings.audience.is_empty() {
                 tracing::info!(issuer = %self.name, "the token carries aud but security.issuers.{}.audience is not set", self.name);
             }
