@@ -585,7 +585,7 @@ mod tests {
         let path = dir.path().join("sessions.db");
         let ttl = Duration::from_secs(60);
         let store = Arc::new(open(&path).unwrap());
-        let mut gone = Vec::new();
+        let (mut gone, mut logouts) = (Vec::new(), Vec::new());
         let started = std::time::Instant::now();
         while started.elapsed() < BATCH * 12 {
             let s = store.create(info("alice"), ttl).unwrap();
@@ -593,17 +593,29 @@ mod tests {
             // The logout is a task of its own, as a request's would be, up to a
             // batch and a half after its login.
             let after = Duration::from_micros(gone.len() as u64 * 7919 % 150_000);
-            tokio::spawn(async move {
+            logouts.push(tokio::spawn(async move {
                 tokio::time::sleep(after).await;
                 st.revoke(&hash)
-            });
+            }));
             gone.push(hash);
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
+        // Every logout done (each holds the store), then the store closed: the
+        // batch writer may still hold the file for the commit it is in.
+        for logout in logouts {
+            logout.await.unwrap();
+        }
         tokio::time::sleep(BATCH * 3).await;
         drop(store);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let store = open(&path).unwrap();
+        let reopened = std::time::Instant::now();
+        let store = loop {
+            match open(&path) {
+                Err(FileStoreError::InUse(_)) if reopened.elapsed() < Duration::from_secs(10) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                other => break other.unwrap(),
+            }
+        };
         let back = gone.iter().filter(|h| store.get(h).is_some()).count();
         assert_eq!(
             back,
