@@ -261,6 +261,9 @@ fn run(args: Args) -> Result<(), String> {
             let (target, start) = (target.clone(), start.clone());
             match args.mode {
                 Mode::Handshake => workers.spawn(handshake_worker(target, start, duration)),
+                Mode::Keepalive if target.negotiate.is_none() => {
+                    workers.spawn(raw::keepalive_worker(target, start, duration))
+                }
                 Mode::Keepalive => workers.spawn(keepalive_worker(target, start, duration)),
             };
         }
@@ -406,6 +409,15 @@ fn tls_config(args: &Args) -> Result<ClientConfig, String> {
 
 /// TCP (+ TLS) + HTTP/1.1 handshake.
 async fn connect(target: &Target) -> Result<(Sender, Driver), String> {
+    http1(open(target).await?).await
+}
+
+/// A byte stream to the target, TLS or not.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// TCP (+ TLS).
+async fn open(target: &Target) -> Result<Box<dyn Io>, String> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|e| format!("connect {}: {e}", target.authority))?;
@@ -432,9 +444,9 @@ async fn connect(target: &Target) -> Result<(Sender, Driver), String> {
                     ),
                 ));
             }
-            http1(tls).await
+            Ok(Box::new(tls))
         }
-        None => http1(tcp).await,
+        None => Ok(Box::new(tcp)),
     }
 }
 
@@ -697,4 +709,160 @@ fn report(args: &Args, target: &Target, stats: Vec<Stats>, cpu: f64) -> Result<(
         );
     }
     Ok(())
+}
+
+/// Kept-alive requests written and read by hand: the request bytes are made once,
+/// and a response is read up to its status line, headers and `Content-Length` body.
+/// hyper's client (a request object, a header map copied, a channel to the
+/// connection task per request) cost the load generator as much CPU per request
+/// as the servers it measures spend answering one (≈ 10 µs): with one core for the
+/// client, its own cost, not the server's, set the rate. Used in keepalive mode
+/// except with `--negotiate`, whose tokens are made per request.
+mod raw {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The request bytes, one per `--bearer-file` token (or just one).
+    fn requests(target: &Target) -> Vec<Vec<u8>> {
+        let one = |authorization: Option<&HeaderValue>| {
+            let mut r = format!("{} {} HTTP/1.1\r\n", target.method, target.path).into_bytes();
+            let mut headers = target.headers.clone();
+            if let Some(a) = authorization {
+                headers.insert(header::AUTHORIZATION, a.clone());
+            }
+            if matches!(target.method, Method::POST | Method::PUT | Method::PATCH) {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            }
+            for (name, value) in &headers {
+                r.extend_from_slice(name.as_str().as_bytes());
+                r.extend_from_slice(b": ");
+                r.extend_from_slice(value.as_bytes());
+                r.extend_from_slice(b"\r\n");
+            }
+            r.extend_from_slice(b"\r\n");
+            r
+        };
+        if target.bearers.is_empty() {
+            vec![one(None)]
+        } else {
+            target.bearers.iter().map(|b| one(Some(b))).collect()
+        }
+    }
+
+    /// One answer: its status, and whether the server closes the connection after it.
+    struct Answer {
+        status: u16,
+        close: bool,
+    }
+
+    /// Reads one response from `io` into `buf` (which may hold the start of it)
+    /// and removes it from `buf`.
+    async fn response(io: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> Result<Answer, String> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Response::new(&mut headers);
+            match parsed.parse(buf).map_err(|e| format!("response: {e}"))? {
+                httparse::Status::Complete(head) => {
+                    let mut length = None;
+                    let mut close = false;
+                    for h in parsed.headers.iter() {
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            length = std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|v| v.trim().parse::<usize>().ok());
+                        } else if h.name.eq_ignore_ascii_case("connection") {
+                            close = h.value.eq_ignore_ascii_case(b"close");
+                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            return Err("response: a chunked body (this client reads Content-Length bodies)".into());
+                        }
+                    }
+                    let status = parsed.code.unwrap_or(0);
+                    let length = length.ok_or("response: no Content-Length")?;
+                    while buf.len() < head + length {
+                        read_more(io, buf).await?;
+                    }
+                    buf.drain(..head + length);
+                    return Ok(Answer { status, close });
+                }
+                httparse::Status::Partial => read_more(io, buf).await?,
+            }
+        }
+    }
+
+    async fn read_more(io: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> Result<(), String> {
+        if buf.len() > 1 << 20 {
+            return Err("response: over 1 MiB".into());
+        }
+        buf.reserve(16 * 1024);
+        match io.read_buf(buf).await {
+            Ok(0) => Err("response: connection closed".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("response: {e}")),
+        }
+    }
+
+    pub(super) async fn keepalive_worker(
+        target: Arc<Target>,
+        start: Arc<tokio::sync::Barrier>,
+        duration: Duration,
+    ) -> Stats {
+        let mut stats = Stats::default();
+        let requests = requests(&target);
+        // Connect before the clock starts: this mode measures requests, not handshakes.
+        let mut first = match open(&target).await {
+            Ok(io) => Some(io),
+            Err(e) => {
+                stats.error(e);
+                None
+            }
+        };
+        start.wait().await;
+        let started = Instant::now();
+        let deadline = started + duration;
+        stats.started = Some(started);
+        let mut buf = Vec::with_capacity(16 * 1024);
+        while Instant::now() < deadline {
+            let mut io = match first.take() {
+                Some(io) => io,
+                None => match open(&target).await {
+                    Ok(io) => {
+                        stats.reconnects += 1;
+                        io
+                    }
+                    Err(e) => {
+                        stats.error(e);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                },
+            };
+            buf.clear();
+            while Instant::now() < deadline {
+                let i = target
+                    .next_bearer
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let began = Instant::now();
+                let answer = match io.write_all(&requests[i % requests.len()]).await {
+                    Ok(()) => response(&mut io, &mut buf).await,
+                    Err(e) => Err(format!("request: {e}")),
+                };
+                match answer {
+                    Ok(a) => {
+                        stats.record(a.status, began.elapsed());
+                        // The server may close a used-up connection (nginx's
+                        // keepalive_requests): that is a reconnect, not a failure.
+                        if a.close {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        stats.error(e);
+                        break;
+                    }
+                }
+            }
+        }
+        stats.ended = Some(Instant::now());
+        stats
+    }
 }
