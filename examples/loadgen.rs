@@ -582,6 +582,38 @@ async fn handshake_worker(
     stats
 }
 
+/// A keep-alive worker's first connection, made before the clock starts (this mode
+/// measures requests, not handshakes); `None` (counted) if it failed.
+async fn first_connection<C>(
+    stats: &mut Stats,
+    connect: impl Future<Output = Result<C, String>>,
+) -> Option<C> {
+    connect.await.map_err(|e| stats.error(e)).ok()
+}
+
+/// The connection a keep-alive worker uses next: its first one, or a new one
+/// (counted as a reconnect); `None` after a failed connect (counted, after a pause).
+async fn next_connection<C>(
+    first: &mut Option<C>,
+    stats: &mut Stats,
+    connect: impl Future<Output = Result<C, String>>,
+) -> Option<C> {
+    if let Some(c) = first.take() {
+        return Some(c);
+    }
+    match connect.await {
+        Ok(c) => {
+            stats.reconnects += 1;
+            Some(c)
+        }
+        Err(e) => {
+            stats.error(e);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            None
+        }
+    }
+}
+
 async fn keepalive_worker(
     target: Arc<Target>,
     start: Arc<tokio::sync::Barrier>,
@@ -589,32 +621,16 @@ async fn keepalive_worker(
 ) -> Stats {
     let mut stats = Stats::default();
     let mut tokens = Tokens::new(&target);
-    // Connect before the clock starts: this mode measures requests, not handshakes.
-    let mut first = match connect(&target).await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            stats.error(e);
-            None
-        }
-    };
+    let mut first = first_connection(&mut stats, connect(&target)).await;
     start.wait().await;
     let started = Instant::now();
     let deadline = started + duration;
     stats.started = Some(started);
     while Instant::now() < deadline {
-        let (sender, driver) = match first.take() {
-            Some(c) => c,
-            None => match connect(&target).await {
-                Ok(c) => {
-                    stats.reconnects += 1;
-                    c
-                }
-                Err(e) => {
-                    stats.error(e);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-            },
+        let Some((sender, driver)) =
+            next_connection(&mut first, &mut stats, connect(&target)).await
+        else {
+            continue;
         };
         let stats = &mut stats;
         let target = &target;
@@ -808,33 +824,15 @@ mod raw {
     ) -> Stats {
         let mut stats = Stats::default();
         let requests = requests(&target);
-        // Connect before the clock starts: this mode measures requests, not handshakes.
-        let mut first = match open(&target).await {
-            Ok(io) => Some(io),
-            Err(e) => {
-                stats.error(e);
-                None
-            }
-        };
+        let mut first = first_connection(&mut stats, open(&target)).await;
         start.wait().await;
         let started = Instant::now();
         let deadline = started + duration;
         stats.started = Some(started);
         let mut buf = Vec::with_capacity(16 * 1024);
         while Instant::now() < deadline {
-            let mut io = match first.take() {
-                Some(io) => io,
-                None => match open(&target).await {
-                    Ok(io) => {
-                        stats.reconnects += 1;
-                        io
-                    }
-                    Err(e) => {
-                        stats.error(e);
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        continue;
-                    }
-                },
+            let Some(mut io) = next_connection(&mut first, &mut stats, open(&target)).await else {
+                continue;
             };
             buf.clear();
             while Instant::now() < deadline {
