@@ -47,7 +47,20 @@ pub async fn handle(
         ("/healthz", &Method::GET) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         ("/metrics", &Method::GET) => Ok(metrics(&state)),
         ("/v1/auth/methods", &Method::GET) => Ok(methods(&state)),
-        ("/v1/login", &Method::POST) => login(&state, &conn, req).await,
+        ("/v1/login", &Method::POST) => {
+            let answer = login(&state, &conn, req).await;
+            // Let the other connections whose requests are ready run first, so that
+            // on a busy server the login answers leave in a burst (flush
+            // consolidation): writing an answer wakes the client when it sleeps, and
+            // when it sleeps on a local CPU the wake-up is an inter-processor
+            // interrupt paid in this write — on this VM ≈ 7 µs, 15 % of a JWT login.
+            // One wake-up then serves several answers; with nothing else ready the
+            // yield returns at once. Not for the light requests (session checks,
+            // `/v1/authorize`): there the extra scheduling round costs what it saves,
+            // and a proxy waiting on each decision (auth_request) waits longer.
+            tokio::task::yield_now().await;
+            answer
+        }
         ("/v1/session", &Method::GET) => session_get(&state, req.headers()).await,
         ("/v1/session", &Method::DELETE) => session_delete(&state, &conn, req.headers()).await,
         ("/.well-known/jwks.json", &Method::GET) => {
