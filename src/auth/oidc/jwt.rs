@@ -117,6 +117,8 @@ impl Validations {
 /// The claims of `token` that `paths` reach (see [`super::claims::read`]) if one of
 /// `candidates` verifies its signature by `alg` (the algorithm its header names)
 /// and its claims pass `v`; otherwise a 401 whose reason (logged) says what failed.
+/// The callers answer an empty `candidates` themselves (`unknown_key`, with their
+/// own log line); here it is a `bad_signature`, never a pass.
 pub(super) fn verify<P: AsRef<str>>(
     token: &str,
     alg: Algorithm,
@@ -124,9 +126,6 @@ pub(super) fn verify<P: AsRef<str>>(
     v: &Validation,
     paths: &[P],
 ) -> Result<Value, AuthError> {
-    if candidates.is_empty() {
-        return Err(rejected("unknown_key"));
-    }
     checked(token, alg, candidates, v, paths).map_err(|e| {
         let reason = reason(e.kind());
         tracing::info!(reason, error = %Untrusted(&e.to_string()), "bearer token refused");
@@ -696,6 +695,15 @@ mod tests {
                 "no token refused as {r}: {refused:?}"
             );
         }
+        // No candidate key: refused, never a pass.
+        let none = verify(
+            &good,
+            Algorithm::HS256,
+            &[],
+            &validation(Algorithm::HS256, iss, &[]),
+            &paths,
+        );
+        assert_eq!(none.map_err(|e| e.reason()).err(), Some("bad_signature"));
         // A payload that is not a JSON object is refused, whatever it holds.
         for not_an_object in [
             "[1, 2]",
