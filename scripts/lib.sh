@@ -3,8 +3,8 @@
 # Source it, do not execute it:   . "$(dirname "$0")/lib.sh"
 #
 # Sourcing it turns on strict mode (set -euo pipefail), defines PC_ROOT (the
-# repository root), sets CARGO_TERM_COLOR=never under CI=true, and installs an
-# EXIT trap that names the step that was running when a script fails.
+# repository root), sets CARGO_TERM_COLOR=never and CARGO_INCREMENTAL=0 under
+# CI=true, and installs an EXIT trap that names the step that was running when a script fails.
 
 set -euo pipefail
 
@@ -21,6 +21,9 @@ export PC_ROOT
 # CI logs have no terminal; keep cargo output free of escape codes.
 if [[ "${CI:-}" == "true" ]]; then
     export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+    # A clean clone never reuses incremental caches; writing them only costs
+    # disk (gigabytes across the test binaries) and time.
+    export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 fi
 
 # ---------------------------------------------------------------- messages
@@ -66,7 +69,7 @@ pc_need_root() {
     # sudo resets the environment; pass what the scripts use explicitly
     # (as arguments to env, which no sudoers policy forbids).
     local -a keep=(PC_REEXECED=1)
-    for var in CI DESTDIR CARGO_TERM_COLOR RUST_LOG RUST_BACKTRACE PORTCULLIS_KEEP_KDC; do
+    for var in CI DESTDIR CARGO_TERM_COLOR CARGO_INCREMENTAL RUST_LOG RUST_BACKTRACE PORTCULLIS_KEEP_KDC; do
         if [[ -n "${!var+set}" ]]; then keep+=("$var=${!var}"); fi
     done
     pc_info "not root; re-running through sudo: $self $*"
